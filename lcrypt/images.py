@@ -28,6 +28,8 @@ def to_rgb(images: np.ndarray) -> np.ndarray:
                              "background; flatten it onto a background of your choice first")
         images = images[..., :-1]
         c -= 1
+    if c == 3:
+        return images
     if c == 1:
         return np.repeat(images, 3, axis=-1)
     raise ValueError(f"images must have 1, 2, 3 or 4 channels, got {c}")

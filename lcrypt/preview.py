@@ -1,0 +1,54 @@
+"""The picture a user looks at first: plain images beside their ciphertext under every scheme."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from lcrypt.keys import Key
+from lcrypt.schemes import get_scheme, list_schemes
+
+CELL = 96
+LABEL_HEIGHT = 14
+
+
+def center_crop_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize the short side to ``size`` (bicubic) and crop the centre square, so every scheme fits."""
+    im = Image.fromarray(image)
+    scale = size / min(im.size)
+    im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
+    left, top = (im.width - size) // 2, (im.height - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)))
+
+
+def preview_grid(images: np.ndarray, key: Key, schemes: Sequence[str] | None = None) -> np.ndarray:
+    """A (rows = images, columns = plain + each scheme) RGB grid with a title over each column.
+
+    ``images`` is (N, H, W, 3) uint8 with H = W a multiple of 16, so every scheme's default block
+    size fits. Cells are upscaled with nearest-neighbour so block structure stays visible.
+    """
+    schemes = [s for s in (schemes or list_schemes()) if s != "plain"]
+    columns = [("plain", images)] + [(name, get_scheme(name).encrypt(images, key)) for name in schemes]
+    n = images.shape[0]
+    grid = np.full((LABEL_HEIGHT + n * (CELL + 2), len(columns) * (CELL + 2), 3), 255, dtype=np.uint8)
+    for j, (_, batch) in enumerate(columns):
+        for i in range(n):
+            cell = np.asarray(Image.fromarray(batch[i]).resize((CELL, CELL), Image.NEAREST))
+            y, x = LABEL_HEIGHT + i * (CELL + 2), j * (CELL + 2)
+            grid[y:y + CELL, x:x + CELL] = cell
+    canvas = Image.fromarray(grid)
+    draw = ImageDraw.Draw(canvas)
+    for j, (name, _) in enumerate(columns):
+        draw.text((j * (CELL + 2) + 2, 1), name, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    """Write an RGB uint8 array as a PNG (creating the parent folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format="PNG")
+    return path
