@@ -1,0 +1,238 @@
+"""The manifest schema of a published lcrypt dataset: one definition, read by loaders and `verify`.
+
+A dataset folder holds (see :mod:`lcrypt.shards` for the shards themselves)::
+
+    manifest.json     this module's :class:`Manifest` (format "lcrypt-dataset/1")
+    index.parquet     one row per sample: key, shard, label, owner, split (pyarrow; rows sorted by shard, key)
+    _info.json        the same sample counts in the form timm's WebDataset reader loads
+                      (``{"name", "splits": {split: {"name", "num_samples", "filenames", "shard_lengths"}}}``),
+                      so ``timm train.py --dataset wds/NAME --data-dir DIR --train-split train`` runs on it
+    errors.jsonl      one line per rejected source record: {"source", "split", "owner", "reason"}
+    {split}/{owner}-{index:06d}.tar   the shards
+
+manifest.json fields: ``format``, ``name``, ``lcrypt_version``, ``created`` (UTC time; the only field
+that differs between two runs on the same input, excluded by :meth:`Manifest.deterministic_dict`),
+``scheme`` (registry name) + ``scheme_params`` (enough for ``lcrypt.get_scheme(scheme, **params)``) +
+``scheme_info`` (its SchemeInfo.as_dict at this image size: augmentations, aug_grid, block size...),
+``owners`` (name, public ``key_id`` — never a secret — and written counts per split), ``splits``
+(split -> written count), ``class_names`` (index = label), ``image_shape`` [H, W, 3], ``encoding``
+("png" | "npy" | "jpeg") with ``jpeg_quality`` / ``jpeg_subsampling``, ``shards`` (path relative to the
+folder, owner, split, count, bytes, sha256), ``stats`` (per split and owner: read, written, rejected)
+and ``source`` (the reader format and options; never the source's file names).
+
+JSON is written with sorted keys and a fixed indent, so equal content gives equal bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+MANIFEST_FORMAT = "lcrypt-dataset/1"
+MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.parquet"
+TIMM_INFO_NAME = "_info.json"
+ERRORS_NAME = "errors.jsonl"
+INDEX_COLUMNS = ("key", "shard", "label", "owner", "split")
+
+
+class ManifestError(ValueError):
+    """manifest.json is missing, malformed or of another format version."""
+
+
+@dataclasses.dataclass
+class ShardEntry:
+    path: str  # relative to the dataset folder, POSIX separators
+    owner: str
+    split: str
+    count: int
+    bytes: int
+    sha256: str
+
+
+@dataclasses.dataclass
+class OwnerEntry:
+    name: str
+    key_id: str  # public fingerprint of the owner's key (lcrypt.Key.key_id), never the secret
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)  # split -> samples written
+
+
+@dataclasses.dataclass
+class Manifest:
+    name: str
+    scheme: str
+    scheme_params: dict[str, Any]
+    owners: list[OwnerEntry]
+    class_names: list[str]
+    image_shape: list[int]
+    encoding: str
+    shards: list[ShardEntry]
+    splits: dict[str, int] = dataclasses.field(default_factory=dict)
+    scheme_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    jpeg_quality: int | None = None
+    jpeg_subsampling: str | None = None
+    stats: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    format: str = MANIFEST_FORMAT
+    lcrypt_version: str = ""
+    created: str = ""
+
+    def __post_init__(self):
+        if not self.lcrypt_version:
+            from lcrypt import __version__
+
+            self.lcrypt_version = __version__
+        self.shards = sorted(self.shards, key=lambda s: s.path)
+        self.owners = sorted(self.owners, key=lambda o: o.name)
+        if not self.splits:
+            self.splits = {}
+            for s in self.shards:
+                self.splits[s.split] = self.splits.get(s.split, 0) + s.count
+        self.splits = dict(sorted(self.splits.items()))
+
+    # -- queries ------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def shards_for(self, split: str, owner: str | None = None) -> list[ShardEntry]:
+        """Shard entries of one split (and optionally one owner), sorted by path."""
+        if split not in self.splits:
+            raise KeyError(f"split {split!r} not in this dataset (splits: {', '.join(self.splits) or 'none'})")
+        return [s for s in self.shards if s.split == split and (owner is None or s.owner == owner)]
+
+    def num_samples(self, split: str, owner: str | None = None) -> int:
+        return sum(s.count for s in self.shards_for(split, owner))
+
+    def owner(self, name: str) -> OwnerEntry:
+        for o in self.owners:
+            if o.name == name:
+                return o
+        raise KeyError(f"owner {name!r} not in this dataset (owners: {', '.join(o.name for o in self.owners)})")
+
+    def scheme_object(self):
+        """The scheme this dataset was encrypted with, rebuilt from the registry."""
+        from lcrypt.schemes import get_scheme
+
+        return get_scheme(self.scheme, **self.scheme_params)
+
+    # -- (de)serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def deterministic_dict(self) -> dict[str, Any]:
+        """Everything except the creation time: equal for equal input, key and options."""
+        d = self.to_dict()
+        d.pop("created")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Manifest":
+        if not isinstance(d, Mapping) or d.get("format") != MANIFEST_FORMAT:
+            got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
+            raise ManifestError(f"not an {MANIFEST_FORMAT} manifest (format: {got!r})")
+        d = dict(d)
+        try:
+            d["shards"] = [ShardEntry(**s) for s in d["shards"]]
+            d["owners"] = [OwnerEntry(**o) for o in d["owners"]]
+            names = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(d) - names)
+            if unknown:
+                raise ManifestError(f"manifest has unknown fields {unknown} (written by a newer lcrypt?)")
+            return cls(**d)
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"manifest is missing or has malformed fields: {exc}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+
+    def timm_info(self) -> dict[str, Any]:
+        """The ``_info.json`` body timm's ReaderWds reads: per split, shard file names and lengths.
+
+        Besides each split (all owners), ``{split}-{owner}`` entries select one owner's shards.
+        """
+        splits: dict[str, Any] = {}
+
+        def entry(name: str, shards: list[ShardEntry]) -> dict[str, Any]:
+            return {"name": name, "num_samples": sum(s.count for s in shards),
+                    "filenames": [s.path for s in shards], "shard_lengths": [s.count for s in shards]}
+
+        for split in self.splits:
+            splits[split] = entry(split, self.shards_for(split))
+            for o in self.owners:
+                own = self.shards_for(split, o.name)
+                if own and len(self.owners) > 1:
+                    splits[f"{split}-{o.name}"] = entry(f"{split}-{o.name}", own)
+        return {"name": self.name, "num_classes": self.num_classes, "class_names": self.class_names,
+                "splits": splits}
+
+    def save(self, directory: str | os.PathLike, index: Iterable[Mapping[str, Any]] | None = None) -> Path:
+        """Write manifest.json and _info.json (and index.parquet when ``index`` rows are given), atomically.
+
+        Written last by the pipeline, after every shard, so a folder with a manifest is complete.
+        """
+        from lcrypt.shards import atomic_write
+
+        directory = Path(directory)
+        if not self.created:
+            self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        if index is not None:
+            write_index(directory, index)
+        atomic_write(directory / TIMM_INFO_NAME,
+                     (json.dumps(self.timm_info(), indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(directory / MANIFEST_NAME, self.to_json().encode())
+        return directory / MANIFEST_NAME
+
+    @classmethod
+    def load(cls, path_or_dir: str | os.PathLike) -> "Manifest":
+        """Read a manifest from its file or from the dataset folder holding it."""
+        path = Path(path_or_dir)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        try:
+            body = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ManifestError(f"{path} not found: is this an lcrypt dataset folder (made by `lcrypt prepare`)?"
+                                ) from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{path} is not valid JSON ({exc}); the dataset folder is damaged") from None
+        return cls.from_dict(body)
+
+
+# -- index.parquet ---------------------------------------------------------------------------------
+def index_table(rows: Iterable[Mapping[str, Any]]):
+    """A pyarrow Table of index rows, sorted by (shard, key) so equal content gives equal files."""
+    import pyarrow as pa
+
+    rows = sorted(rows, key=lambda r: (r["shard"], r["key"]))
+    schema = pa.schema([("key", pa.string()), ("shard", pa.string()), ("label", pa.int64()),
+                        ("owner", pa.string()), ("split", pa.string())])
+    return pa.table({c: [r[c] for r in rows] for c in INDEX_COLUMNS}, schema=schema)
+
+
+def write_index(directory: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write index.parquet atomically (no pandas metadata; deterministic for one pyarrow version)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lcrypt.shards import atomic_write
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(index_table(rows), sink, compression="zstd", write_statistics=False)
+    path = Path(directory) / INDEX_NAME
+    atomic_write(path, sink.getvalue().to_pybytes())
+    return path
+
+
+def read_index(directory: str | os.PathLike):
+    """index.parquet of a dataset folder as a pyarrow Table (columns key, shard, label, owner, split)."""
+    import pyarrow.parquet as pq
+
+    path = Path(directory) / INDEX_NAME
+    if not path.exists():
+        raise ManifestError(f"{path} not found: the dataset folder is incomplete; re-run `lcrypt prepare`")
+    return pq.read_table(path)

@@ -1,0 +1,364 @@
+"""The shard format: one definition, imported by the writer (pipelines) and the reader (loaders).
+
+A published lcrypt dataset is a folder of WebDataset tar shards plus ``manifest.json`` (see
+:mod:`lcrypt.manifest`). Each shard holds the samples of ONE owner and ONE split::
+
+    {split}/{owner}-{index:06d}.tar          e.g. train/hospital-a-000003.tar
+
+A sample is exactly two tar members that share a key (WebDataset convention: the key is the member
+name up to its first dot)::
+
+    <key>.cls    the class index as ASCII decimal, e.g. b"7"   (timm / webdataset read it as is)
+    <key>.png    lossless PNG of the encrypted (H, W, 3) uint8 image      (encoding "png"), or
+    <key>.npy    numpy .npy of the same array, read with allow_pickle=False (encoding "npy"), or
+    <key>.jpg    baseline JPEG written by simplejpeg                         (encoding "jpeg")
+
+Each extra member costs a 512-byte header plus padding to 512 bytes, which dominates on 3 KB images,
+so a sample carries nothing else (no ``.json``, no file name). The key is opaque: the first 20 hex
+digits of HMAC-SHA256 of the record's source id under a salt derived from the owner's key
+(:func:`sample_key`), so no source file name (which can identify a person) reaches a shard, and
+nobody without the key can test a guessed file name against it.
+
+Tars are written deterministically (:func:`write_tar`): plain ustar headers with mtime 0, uid/gid 0,
+empty user/group names, mode 0444, members in the order given (the pipeline sorts samples by key), the
+archive padded like GNU/Python tar, written to a temporary name and renamed, so equal content gives
+byte-equal files and a crash never leaves a shard that looks complete.
+
+Decoding is safe by construction (:func:`decode_image`): only PNG (Pillow, PNG plugin only), NPY
+(``allow_pickle=False``, uint8 (H, W, 3) only) and JPEG (simplejpeg) are accepted; any other member
+type raises :class:`ShardFormatError`. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import os
+import re
+import struct
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+import numpy as np
+
+FORMAT_VERSION = 1
+ENCODINGS = ("png", "npy", "jpeg")
+IMAGE_EXT = {"png": "png", "npy": "npy", "jpeg": "jpg"}  # encoding -> member extension
+EXT_ENCODING = {v: k for k, v in IMAGE_EXT.items()}
+LABEL_EXT = "cls"
+KEY_HEX_DIGITS = 20  # 80 bits: collision odds ~ n^2 / 2^81, negligible for any real dataset
+MAX_DECODE_PIXELS = 64 * 1024 * 1024  # refuse larger images inside shards (decompression bombs)
+OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9][A-Za-z0-9_-]*)/(?P<owner>[A-Za-z0-9][A-Za-z0-9_-]*)-(?P<index>\d{6})\.tar$")
+TAR_BLOCK = 512
+TAR_RECORD = 20 * TAR_BLOCK  # what GNU tar and Python's tarfile pad archives to
+PNG_COMPRESS_LEVEL = 6  # zlib level; PNG filter "none" (block-scrambled rows gain little from filters)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ShardFormatError(ValueError):
+    """A shard member that is not part of the lcrypt format (wrong type, malformed, oversized)."""
+
+
+# -- names ---------------------------------------------------------------------------------------
+def check_owner(owner: str) -> str:
+    """Owner names go into shard file names: letters, digits, '-' and '_' only (no dots, no slashes)."""
+    if not isinstance(owner, str) or not OWNER_RE.match(owner):
+        raise ValueError(f"owner name {owner!r} is not allowed: use 1-64 letters, digits, '-' or '_', "
+                         "starting with a letter or digit")
+    return owner
+
+
+def check_split(split: str) -> str:
+    if not isinstance(split, str) or not SPLIT_RE.match(split):
+        raise ValueError(f"split name {split!r} is not allowed: use 1-64 letters, digits, '-' or '_'")
+    return split
+
+
+def shard_path(split: str, owner: str, index: int) -> str:
+    """Relative path of a shard: ``{split}/{owner}-{index:06d}.tar`` (POSIX separators)."""
+    return f"{check_split(split)}/{check_owner(owner)}-{int(index):06d}.tar"
+
+
+def parse_shard_path(path: str) -> tuple[str, str, int]:
+    """``(split, owner, index)`` of a relative shard path, or ValueError."""
+    m = SHARD_RE.match(path)
+    if not m:
+        raise ValueError(f"{path!r} is not an lcrypt shard path ({{split}}/{{owner}}-{{index:06d}}.tar)")
+    return m["split"], m["owner"], int(m["index"])
+
+
+def sample_key_salt(key) -> bytes:
+    """The per-owner salt of sample keys, derived from the owner's :class:`lcrypt.Key` (never the secret)."""
+    return key.derive("lcrypt/sample-key-salt/v1")
+
+
+def sample_key(source_id: str, salt: bytes) -> str:
+    """Opaque, deterministic sample key: 20 hex digits of HMAC-SHA256(salt, source id)."""
+    return hmac.new(salt, source_id.encode("utf-8"), hashlib.sha256).hexdigest()[:KEY_HEX_DIGITS]
+
+
+def shard_of(key: str, num_shards: int) -> int:
+    """The shard a sample key belongs to among ``num_shards``: a uniform function of the (salted) key."""
+    return int(key[:15], 16) % num_shards
+
+
+def num_shards_for(count: int, shard_size: int) -> int:
+    """How many shards hold ``count`` samples at about ``shard_size`` per shard (at least one)."""
+    return max(1, -(-count // shard_size))
+
+
+# -- encoding ------------------------------------------------------------------------------------
+def encode_image(image: np.ndarray, encoding: str, jpeg_quality: int | None = None,
+                 jpeg_subsampling: str = "444") -> bytes:
+    """Bytes of one (H, W, 3) uint8 image in ``encoding`` ("png", "npy" or "jpeg")."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"shards hold (H, W, 3) uint8 images, got {image.dtype} {image.shape}")
+    if encoding == "png":
+        return encode_png(image)
+    if encoding == "npy":
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(image), allow_pickle=False)
+        return buf.getvalue()
+    if encoding == "jpeg":
+        import simplejpeg
+
+        if jpeg_quality is None:
+            raise ValueError("encoding 'jpeg' needs a jpeg_quality (1-100)")
+        return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality=int(jpeg_quality),
+                                      colorspace="RGB", colorsubsampling=jpeg_subsampling)
+    raise ValueError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
+
+
+def _png_chunk(tag: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+
+def encode_png(image: np.ndarray, level: int = PNG_COMPRESS_LEVEL) -> bytes:
+    """A standard 8-bit RGB PNG (filter type 0 on every row, one IDAT), built directly with zlib.
+
+    Why not Pillow: on 32x32 images its per-call overhead made PNG ~3x slower than this (measured in
+    bench/bench_prepare.py); the bytes are an ordinary PNG any decoder (Pillow, timm) reads.
+    """
+    h, w, _ = image.shape
+    raw = np.zeros((h, w * 3 + 1), dtype=np.uint8)
+    raw[:, 1:] = image.reshape(h, w * 3)
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (_PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), level))
+            + _png_chunk(b"IEND", b""))
+
+
+def encode_label(label: int) -> bytes:
+    return str(int(label)).encode("ascii")
+
+
+def encode_sample(key: str, image: np.ndarray, label: int, encoding: str, jpeg_quality: int | None = None,
+                  jpeg_subsampling: str = "444") -> list[tuple[str, bytes]]:
+    """The tar members of one sample: ``[(key.cls, label), (key.<ext>, image)]``."""
+    if "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+    return [(f"{key}.{LABEL_EXT}", encode_label(label)),
+            (f"{key}.{IMAGE_EXT[encoding]}", encode_image(image, encoding, jpeg_quality, jpeg_subsampling))]
+
+
+# -- safe decoding -------------------------------------------------------------------------------
+def member_ext(name: str) -> str:
+    """The WebDataset extension of a member name: everything after the first dot of its basename."""
+    base = name.rsplit("/", 1)[-1]
+    return base.split(".", 1)[1].lower() if "." in base else ""
+
+
+def decode_image(name: str, data: bytes) -> np.ndarray:
+    """Decode an image member to (H, W, 3) uint8 by its extension; refuses anything not PNG/NPY/JPEG."""
+    ext = member_ext(name)
+    try:
+        if ext == "png":
+            return _decode_png(data)
+        if ext == "npy":
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+            if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+                raise ShardFormatError(f"{name}: .npy holds {arr.dtype} {arr.shape}, expected (H, W, 3) uint8")
+            return arr
+        if ext in ("jpg", "jpeg"):
+            import simplejpeg
+
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+            if h * w > MAX_DECODE_PIXELS:
+                raise ShardFormatError(f"{name}: JPEG of {w}x{h} exceeds {MAX_DECODE_PIXELS} pixels")
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except ShardFormatError:
+        raise
+    except Exception as exc:  # malformed payloads: say which member and why, never crash obscurely
+        raise ShardFormatError(f"{name}: cannot decode .{ext} image: {exc}") from exc
+    raise ShardFormatError(f"{name}: member type .{ext} is not an lcrypt image (only .png, .npy, .jpg "
+                           "are decoded; pickles and other types are refused)")
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
+        if im.width * im.height > MAX_DECODE_PIXELS:
+            raise ShardFormatError(f"PNG of {im.width}x{im.height} exceeds {MAX_DECODE_PIXELS} pixels")
+        if im.mode != "RGB":
+            raise ShardFormatError(f"PNG mode {im.mode}, expected RGB")
+        return np.asarray(im)
+
+
+def decode_label(data: bytes) -> int:
+    """The class index of a ``.cls`` member (ASCII decimal)."""
+    try:
+        text = data.decode("ascii").strip()
+        if not text or not (text.isdigit() or (text[0] == "-" and text[1:].isdigit())):
+            raise ValueError
+        return int(text)
+    except (UnicodeDecodeError, ValueError):
+        raise ShardFormatError(f".cls member is not a decimal class index: {data[:20]!r}") from None
+
+
+def image_member(sample: dict) -> tuple[str, bytes]:
+    """The (extension, bytes) of a sample's one image member, or ShardFormatError."""
+    found = [(ext, sample[ext]) for ext in ("png", "npy", "jpg", "jpeg") if ext in sample]
+    if len(found) != 1:
+        raise ShardFormatError(f"sample {sample.get('__key__')!r} has {len(found)} image members "
+                               f"({sorted(k for k in sample if not k.startswith('__'))}); expected one")
+    return found[0]
+
+
+def decode_sample(sample: dict) -> tuple[np.ndarray, int]:
+    """(image, label) of a raw sample dict from :func:`iter_samples`."""
+    ext, data = image_member(sample)
+    if LABEL_EXT not in sample:
+        raise ShardFormatError(f"sample {sample.get('__key__')!r} has no .cls member")
+    return decode_image(f"{sample['__key__']}.{ext}", data), decode_label(sample[LABEL_EXT])
+
+
+# -- deterministic tar writing -------------------------------------------------------------------
+def _octal(value: int, width: int) -> bytes:
+    return f"{value:0{width - 1}o}".encode("ascii") + b"\0"
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """A ustar header for a regular file with every variable field fixed (mtime 0, uid/gid 0, mode 0444)."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100:
+        raise ValueError(f"tar member name too long for a plain ustar header: {name!r}")
+    header = bytearray(TAR_BLOCK)
+    header[0:len(raw)] = raw
+    header[100:108] = _octal(0o444, 8)
+    header[108:116] = _octal(0, 8)
+    header[116:124] = _octal(0, 8)
+    header[124:136] = _octal(size, 12)
+    header[136:148] = _octal(0, 12)
+    header[148:156] = b" " * 8
+    header[156:157] = b"0"
+    header[257:263] = b"ustar\0"
+    header[263:265] = b"00"
+    header[329:337] = _octal(0, 8)
+    header[337:345] = _octal(0, 8)
+    header[148:156] = f"{sum(header):06o}".encode("ascii") + b"\0 "
+    return bytes(header)
+
+
+def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
+    """A complete tar archive of ``members`` in the given order, padded to a 10 KiB record."""
+    parts: list[bytes] = []
+    size = 0
+    for name, data in members:
+        parts.append(tar_header(name, len(data)))
+        parts.append(data)
+        pad = -len(data) % TAR_BLOCK
+        if pad:
+            parts.append(b"\0" * pad)
+        size += TAR_BLOCK + len(data) + pad
+    size += 2 * TAR_BLOCK
+    parts.append(b"\0" * (2 * TAR_BLOCK + (-size % TAR_RECORD)))
+    return b"".join(parts)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_tar(path: str | os.PathLike, members: Iterable[tuple[str, bytes]]) -> tuple[int, str]:
+    """Atomically write a deterministic tar; returns ``(bytes, sha256 hex)`` of what was written."""
+    data = tar_bytes(members)
+    atomic_write(path, data)
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> tuple[int, str]:
+    """``(size, sha256 hex)`` of a file, streamed."""
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            n += len(block)
+    return n, h.hexdigest()
+
+
+# -- streaming reading ---------------------------------------------------------------------------
+def iter_members(fileobj: IO[bytes]) -> Iterator[tuple[str, bytes]]:
+    """``(name, bytes)`` of each regular file in a tar stream (plain or compressed), in order."""
+    with tarfile.open(fileobj=fileobj, mode="r|*") as tf:
+        for info in tf:
+            if info.isreg():
+                f = tf.extractfile(info)
+                yield info.name, f.read() if f is not None else b""
+
+
+def iter_samples(fileobj: IO[bytes], url: str = "") -> Iterator[dict]:
+    """WebDataset-style samples ``{"__key__", "__url__", ext: bytes, ...}`` from a tar stream.
+
+    Consecutive members sharing a key (directory + basename up to the first dot) form one sample.
+    A key that reappears later or a repeated extension inside one sample is a format error.
+    """
+    current: dict | None = None
+    seen: set[str] = set()
+    for name, data in iter_members(fileobj):
+        d, _, base = name.rpartition("/")
+        if "." not in base:
+            raise ShardFormatError(f"{url}: member {name!r} has no extension")
+        stem, ext = base.split(".", 1)
+        key = f"{d}/{stem}" if d else stem
+        if current is None or current["__key__"] != key:
+            if current is not None:
+                yield current
+            if key in seen:
+                raise ShardFormatError(f"{url}: sample key {key!r} appears twice (members not grouped)")
+            seen.add(key)
+            current = {"__key__": key, "__url__": url}
+        if ext.lower() in current:
+            raise ShardFormatError(f"{url}: sample {key!r} has two .{ext} members")
+        current[ext.lower()] = data
+    if current is not None:
+        yield current
+
+
+def read_shard(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray, int]]:
+    """``(key, image, label)`` of every sample of a local shard, decoded safely."""
+    with open(path, "rb") as f:
+        for sample in iter_samples(f, url=str(path)):
+            image, label = decode_sample(sample)
+            yield sample["__key__"], image, label
