@@ -157,32 +157,45 @@ class IndexMap:
     def identity_gather(self) -> bool:
         return bool(np.array_equal(self.src, np.arange(self.size)))
 
-    def _words(self, x: np.ndarray) -> np.ndarray:
-        flat = x.reshape(x.shape[0], -1)
-        if not self.nibbles:
-            return flat
-        return np.concatenate([flat >> 4, flat & 15], axis=1)
-
-    def _bytes(self, words: np.ndarray, like: np.ndarray) -> np.ndarray:
-        if self.nibbles:
-            half = words.shape[1] // 2
-            words = (words[:, :half] << 4) | words[:, half:]
-        return words.reshape(like.shape)
-
     def forward(self, x: np.ndarray) -> np.ndarray:
-        w = self._words(x)
-        out = w if self.identity_gather else np.take(w, self.src, axis=1)
-        out = np.bitwise_xor(out, self.mask, out=out if out is not w else None)
-        return self._bytes(out, x)
+        if self.nibbles:
+            return _apply_nibbles(x, *self._nibble_plan(self.src, self.mask))
+        flat = x.reshape(x.shape[0], -1)
+        if self.identity_gather:
+            return (flat ^ self.mask).reshape(x.shape)
+        out = np.take(flat, self.src, axis=1)
+        return np.bitwise_xor(out, self.mask, out=out).reshape(x.shape)
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
-        w = self._words(y) ^ self.mask
-        if not self.identity_gather:
-            if self._inverse is None:
-                self._inverse = np.empty_like(self.src)
-                self._inverse[self.src] = np.arange(self.size, dtype=np.intp)
-            w = np.take(w, self._inverse, axis=1)
-        return self._bytes(w, y)
+        if self._inverse is None:
+            self._inverse = np.empty_like(self.src)
+            self._inverse[self.src] = np.arange(self.size, dtype=np.intp)
+        if self.nibbles:   # in[q] = out[inv[q]] ^ mask[inv[q]]: the same kind of map
+            return _apply_nibbles(y, *self._nibble_plan(self._inverse, self.mask[self._inverse]))
+        flat = y.reshape(y.shape[0], -1) ^ self.mask
+        return (flat if self.identity_gather else np.take(flat, self._inverse, axis=1)).reshape(y.shape)
+
+    def _nibble_plan(self, src: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Per output byte j: the source bytes of its upper and lower nibbles, the shifts that move
+        each source nibble into place, and the combined XOR byte. Two byte gathers then replace a
+        gather over 2L separate nibbles."""
+        half = self.size // 2
+        hi_src, lo_src = src[:half], src[half:]
+        from_upper_hi, from_upper_lo = hi_src < half, lo_src < half
+        return (hi_src % half, np.where(from_upper_hi, 0, 4).astype(np.uint8),
+                lo_src % half, np.where(from_upper_lo, 4, 0).astype(np.uint8),
+                ((mask[:half] << 4) | mask[half:]).astype(np.uint8))
+
+
+def _apply_nibbles(x: np.ndarray, hi_src, hi_shift, lo_src, lo_shift, xor) -> np.ndarray:
+    flat = x.reshape(x.shape[0], -1)
+    hi = np.left_shift(np.take(flat, hi_src, axis=1), hi_shift)
+    hi &= 0xF0
+    lo = np.right_shift(np.take(flat, lo_src, axis=1), lo_shift)
+    lo &= 0x0F
+    hi |= lo
+    hi ^= xor
+    return hi.reshape(x.shape)
 
 
 class Scheme:
