@@ -141,25 +141,34 @@ class IndexMap:
         self.src = np.arange(self.size, dtype=np.intp)
         self.mask = np.zeros(self.size, dtype=np.uint8)
         self._inverse: np.ndarray | None = None
+        self._identity: bool | None = True
+        self._plans: dict[str, tuple[np.ndarray, ...]] = {}   # nibble plans, built on first use
 
     def gather(self, g: np.ndarray) -> "IndexMap":
         """Then rearrange: new[t] = current[g[t]]."""
         self.src, self.mask = self.src[g], self.mask[g]
-        self._inverse = None
+        self._inverse = self._identity = None
+        self._plans = {}
         return self
 
     def xor(self, m: np.ndarray) -> "IndexMap":
         """Then XOR each position with ``m`` (255 = negative-positive; 15 on a nibble = 15 - v)."""
         self.mask = self.mask ^ m.astype(np.uint8)
+        self._plans = {}
         return self
 
     @property
     def identity_gather(self) -> bool:
-        return bool(np.array_equal(self.src, np.arange(self.size)))
+        """True when no step moved anything (XOR-only schemes skip the gather)."""
+        if self._identity is None:
+            self._identity = bool(np.array_equal(self.src, np.arange(self.size)))
+        return self._identity
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if self.nibbles:
-            return _apply_nibbles(x, *self._nibble_plan(self.src, self.mask))
+            if "forward" not in self._plans:
+                self._plans["forward"] = self._nibble_plan(self.src, self.mask)
+            return _apply_nibbles(x, *self._plans["forward"])
         flat = x.reshape(x.shape[0], -1)
         if self.identity_gather:
             return (flat ^ self.mask).reshape(x.shape)
@@ -171,7 +180,9 @@ class IndexMap:
             self._inverse = np.empty_like(self.src)
             self._inverse[self.src] = np.arange(self.size, dtype=np.intp)
         if self.nibbles:   # in[q] = out[inv[q]] ^ mask[inv[q]]: the same kind of map
-            return _apply_nibbles(y, *self._nibble_plan(self._inverse, self.mask[self._inverse]))
+            if "inverse" not in self._plans:
+                self._plans["inverse"] = self._nibble_plan(self._inverse, self.mask[self._inverse])
+            return _apply_nibbles(y, *self._plans["inverse"])
         flat = y.reshape(y.shape[0], -1) ^ self.mask
         return (flat if self.identity_gather else np.take(flat, self._inverse, axis=1)).reshape(y.shape)
 
