@@ -1,0 +1,491 @@
+"""Readers of every raw dataset format lcrypt accepts: one definition each, pure Python (no Beam).
+
+A source yields :class:`Record` objects (source id, split, class name, encoded image bytes) and never
+decodes pixels itself; :func:`decode_record` does that under :mod:`lcrypt.images`' rules. The Beam
+pipeline (``pipelines/sources.py``) wraps the same readers, passing its own file system, so a format
+is parsed in exactly one place.
+
+Source specs (``--source``), ``KIND:PATH`` or a bare path whose kind is detected:
+
+=============  =======================================================================================
+imagefolder    a directory ``<root>/<split>/<class>/<file>`` or ``<root>/<class>/<file>`` (one split,
+               named by ``split=``, default "train"). Class names = sorted directory names (as
+               torchvision's ImageFolder), so labels are stable.
+tar            the same tree inside a .tar / .tar.gz / .tgz archive, streamed without unpacking; a
+               single top folder (``cifar10/train/...``) is allowed. Detected from the suffix.
+cifar          CIFAR-10 / CIFAR-100 python archives (``cifar-10-python.tar.gz``), read with a
+               restricted unpickler that only rebuilds dicts, lists, strings and numpy arrays.
+parquet        a .parquet file or a folder of them with an image column (bytes, or Hugging Face's
+               ``{bytes, path}`` struct; ``image=``) and an int label column (``label=``); split from
+               the Hugging Face file name ``<split>-00000-of-00001.parquet``; class names from the
+               Hugging Face ClassLabel metadata when present.
+wds            WebDataset shards (a .tar, a folder of them, or an lcrypt dataset folder): samples with
+               one image member (.jpg/.jpeg/.png/.webp/.npy) and a .cls label; split from the folder
+               of the shard or the lcrypt manifest; class names from the manifest or ``_info.json``.
+=============  =======================================================================================
+
+Labels: when a source declares its class names (CIFAR, Parquet with metadata, wds with a manifest) the
+label is the index into that list; otherwise class names are sorted distinct names, and names that are
+all decimal integers become ``["0", ..., str(max)]`` so integer labels keep their values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import io
+import json
+import os
+import pickle
+import posixpath
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+KINDS = ("imagefolder", "tar", "cifar", "parquet", "wds")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "npy")
+UNIT_FILES = 512  # files of a folder tree read as one unit (one Beam element)
+DEFAULT_SPLIT = "train"
+
+
+@dataclasses.dataclass
+class Record:
+    """One source image, not yet decoded. ``source_id`` is unique within the source and never published."""
+
+    source_id: str
+    split: str
+    class_name: str
+    data: bytes
+    ext: str = ""  # "" = an encoded image file; "npy"; or "rgb8:HxW" for raw HWC uint8 pixels
+    label: int = -1  # index into the source's declared class names, -1 when resolved by name later
+    group: str | None = None  # value of the owner column (Parquet) used by owner matching
+    layout_error: str = ""  # why this file has no split/class (rejected later, never dropped)
+
+
+# -- file systems -------------------------------------------------------------------------------
+class LocalFS:
+    """Local paths, or any fsspec URL (``gs://...``, ``s3://...``) when fsspec and its plugin are installed."""
+
+    def _fs(self, path: str):
+        if "://" in path:
+            import fsspec
+
+            return fsspec.core.url_to_fs(path)[0]
+        return None
+
+    def open(self, path: str) -> IO[bytes]:
+        fs = self._fs(path)
+        return fs.open(path, "rb") if fs else open(path, "rb")
+
+    def isdir(self, path: str) -> bool:
+        fs = self._fs(path)
+        return fs.isdir(path) if fs else os.path.isdir(path)
+
+    def exists(self, path: str) -> bool:
+        fs = self._fs(path)
+        return fs.exists(path) if fs else os.path.exists(path)
+
+    def walk(self, root: str) -> list[str]:
+        """Every regular file under ``root`` as a path relative to it (POSIX), sorted."""
+        fs = self._fs(root)
+        if fs:
+            base = root.rstrip("/")
+            return sorted(p.split(base.split("://", 1)[-1].rstrip("/") + "/", 1)[-1] for p in fs.find(base))
+        out = []
+        for d, dirs, files in os.walk(root):
+            dirs.sort()
+            rel = os.path.relpath(d, root)
+            for f in files:
+                out.append(f if rel == "." else f"{Path(rel).as_posix()}/{f}")
+        return sorted(out)
+
+    def join(self, root: str, rel: str) -> str:
+        return f"{root.rstrip('/')}/{rel}" if "://" in root else os.path.join(root, rel)
+
+
+# -- source specs -------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Source:
+    """A parsed ``--source``: its kind, path and reader options; lists its read units and reads them."""
+
+    kind: str
+    path: str
+    split: str = DEFAULT_SPLIT  # the split of single-split trees and of wds shards not in a split folder
+    image_column: str = "image"
+    label_column: str = "label"
+    group_column: str | None = None
+    fs: Any = dataclasses.field(default_factory=LocalFS, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, spec: str, fs: Any = None, **options: Any) -> "Source":
+        """``KIND:PATH`` or a bare path (kind detected from the suffix or folder contents)."""
+        fs = fs or LocalFS()
+        kind, path = None, spec
+        head, sep, rest = spec.partition(":")
+        if sep and head in KINDS:
+            kind, path = head, rest
+        if kind is None:
+            kind = detect_kind(path, fs)
+        options = {k: v for k, v in options.items() if v is not None}
+        if not fs.exists(path):
+            raise FileNotFoundError(f"source {path!r} does not exist")
+        return cls(kind=kind, path=path, fs=fs, **options)
+
+    # units: independent pieces the pipeline reads in parallel, listed in a deterministic order
+    def units(self) -> list[tuple[str, ...]]:
+        if self.kind == "imagefolder":
+            files = self.fs.walk(self.path)
+            return [tuple(files[i:i + UNIT_FILES]) for i in range(0, len(files), UNIT_FILES)]
+        if self.kind in ("parquet", "wds"):
+            return [(f,) for f in self._files(".parquet" if self.kind == "parquet" else ".tar")]
+        return [("",)]  # one archive
+
+    def _files(self, suffix: str) -> list[str]:
+        if not self.fs.isdir(self.path):
+            return [""]
+        return [f for f in self.fs.walk(self.path) if f.endswith(suffix)]
+
+    def _full(self, rel: str) -> str:
+        return self.fs.join(self.path, rel) if rel else self.path
+
+    def read_unit(self, unit: Sequence[str]) -> Iterator[Record]:
+        """Records of one unit from :meth:`units`, in a deterministic order."""
+        if self.kind == "imagefolder":
+            for rel in unit:
+                with self.fs.open(self._full(rel)) as f:
+                    yield tree_record(rel, f.read(), self.split)
+        elif self.kind == "tar":
+            with self.fs.open(self.path) as f:
+                yield from iter_tar_tree(f, self.split)
+        elif self.kind == "cifar":
+            with self.fs.open(self.path) as f:
+                yield from iter_cifar(f)
+        elif self.kind == "parquet":
+            with self.fs.open(self._full(unit[0])) as f:
+                yield from iter_parquet(f, unit[0] or posixpath.basename(self.path), self.image_column,
+                                        self.label_column, self.group_column, self.split, self.class_names())
+        elif self.kind == "wds":
+            rel = unit[0] or posixpath.basename(self.path)
+            split = self._wds_split(rel)
+            with self.fs.open(self._full(unit[0])) as f:
+                yield from iter_wds(f, rel, split, self.class_names())
+        else:
+            raise ValueError(f"unknown source kind {self.kind!r}")
+
+    def _wds_split(self, rel: str) -> str:
+        d = posixpath.dirname(rel)
+        return posixpath.basename(d) if d else self.split
+
+    def __iter__(self) -> Iterator[Record]:
+        for unit in self.units():
+            yield from self.read_unit(unit)
+
+    def class_names(self) -> list[str] | None:
+        """Class names the source declares (index = label), or None when they come from the records."""
+        if self.kind == "cifar":
+            return None  # declared inside the archive; records carry label + name
+        if self.kind == "parquet":
+            return _parquet_class_names(self, self.label_column)
+        if self.kind == "wds" and self.fs.isdir(self.path):
+            for name in ("manifest.json", "_info.json"):
+                p = self.fs.join(self.path, name)
+                if self.fs.exists(p):
+                    with self.fs.open(p) as f:
+                        names = json.load(f).get("class_names")
+                    if names:
+                        return list(names)
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about the source: kind and options, not its path or file names."""
+        d = {"kind": self.kind}
+        if self.kind == "parquet":
+            d.update(image_column=self.image_column, label_column=self.label_column)
+        return d
+
+
+def detect_kind(path: str, fs: Any = None) -> str:
+    fs = fs or LocalFS()
+    name = posixpath.basename(path.rstrip("/")).lower()
+    if name.startswith(("cifar-10-python", "cifar-100-python")):
+        return "cifar"
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith(TAR_SUFFIXES):
+        return "tar"
+    if fs.isdir(path):
+        files = fs.walk(path)
+        if files and all(f.endswith(".parquet") for f in files if not posixpath.basename(f).startswith((".", "_"))):
+            return "parquet"
+        if any(f == "manifest.json" for f in files) or (files and all(
+                f.endswith((".tar", ".json", ".parquet", ".jsonl")) for f in files)):
+            return "wds"
+        return "imagefolder"
+    raise ValueError(f"cannot tell the format of source {path!r}; prefix it with one of "
+                     f"{', '.join(k + ':' for k in KINDS)}")
+
+
+def classes_from_names(names: Iterable[str]) -> list[str]:
+    """The stable class list for sources that name classes per record (see the module docstring)."""
+    names = sorted(set(n for n in names if n))
+    if names and all(n.isdigit() for n in names):
+        return [str(i) for i in range(max(int(n) for n in names) + 1)]
+    return names
+
+
+# -- folder trees (directories and tar archives) --------------------------------------------------
+def tree_layout(rel: str, default_split: str) -> tuple[str, str, str]:
+    """(split, class, layout error) of a file path relative to the tree root.
+
+    ``split/class/file`` or ``class/file``; deeper paths keep their last three parts (an archive's
+    single top folder, e.g. ``cifar10/train/cat/0001.jpg``).
+    """
+    parts = [p for p in rel.split("/") if p]
+    if len(parts) >= 3:
+        return parts[-3], parts[-2], ""
+    if len(parts) == 2:
+        return default_split, parts[0], ""
+    return "", "", "file is not inside a class folder (<root>/<split>/<class>/<file> or <root>/<class>/<file>)"
+
+
+def layout_path(source_id: str) -> str:
+    """The ``split/class/file`` part of a tree path, which owner globs are also matched against."""
+    parts = [p for p in source_id.split("/") if p]
+    return "/".join(parts[-3:])
+
+
+def tree_record(rel: str, data: bytes, default_split: str) -> Record:
+    split, cls, err = tree_layout(rel, default_split)
+    return Record(source_id=rel, split=split, class_name=cls, data=data, layout_error=err)
+
+
+def iter_tar_tree(fileobj: IO[bytes], default_split: str = DEFAULT_SPLIT) -> Iterator[Record]:
+    """Records of an ImageFolder tree inside a (compressed) tar stream, in archive order, unpacked never."""
+    from lcrypt.shards import iter_members
+
+    for name, data in iter_members(fileobj):
+        yield tree_record(name.removeprefix("./"), data, default_split)
+
+
+# -- CIFAR python archives ----------------------------------------------------------------------------
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds only what the CIFAR batches hold (dicts, lists, bytes, str, numbers, numpy arrays)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"CIFAR batch refers to {module}.{name}: not a CIFAR archive "
+                                         "(only numpy arrays are rebuilt)")
+        return super().find_class(module, name)
+
+
+def _load_cifar_batch(data: bytes) -> dict:
+    d = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+
+
+def iter_cifar(fileobj: IO[bytes]) -> Iterator[Record]:
+    """Records of ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz`` (labels + declared names)."""
+    batches: dict[str, bytes] = {}
+    meta = None
+    from lcrypt.shards import iter_members
+
+    for name, data in iter_members(fileobj):
+        base = posixpath.basename(name)
+        if base.startswith(("data_batch", "test_batch")) or base in ("train", "test"):
+            batches[base] = data
+        elif base in ("batches.meta", "meta"):
+            meta = _load_cifar_batch(data)
+    if meta is None or not batches:
+        raise ValueError("not a CIFAR python archive: no batches.meta/meta or no data batches inside")
+    names_key = "label_names" if "label_names" in meta else "fine_label_names"
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
+    for base in sorted(batches):
+        d = _load_cifar_batch(batches.pop(base))
+        labels = d.get("labels", d.get("fine_labels"))
+        pixels = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        split = "test" if base.startswith("test") else "train"
+        for i, (px, lab) in enumerate(zip(pixels, labels)):
+            yield Record(source_id=f"{base}/{i}", split=split, class_name=names[int(lab)],
+                         data=np.ascontiguousarray(px).tobytes(), ext="rgb8:32x32", label=int(lab))
+
+
+def cifar_class_names(records_meta: Sequence[str]) -> list[str]:
+    return list(records_meta)
+
+
+# -- Parquet (Hugging Face layout) -----------------------------------------------------------------
+def _parquet_class_names(source: Source, label_column: str) -> list[str] | None:
+    import pyarrow.parquet as pq
+
+    first = source.units()[0][0]
+    with source.fs.open(source._full(first)) as f:
+        meta = pq.read_schema(f).metadata or {}
+    hf = meta.get(b"huggingface")
+    if not hf:
+        return None
+    try:
+        info = json.loads(hf)
+        feat = info.get("info", {}).get("features", info.get("features", {}))[label_column]
+        return [str(n) for n in feat["names"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def parquet_split(rel: str, default: str) -> str:
+    """Hugging Face names files ``<split>-00000-of-00003.parquet``; otherwise the default split."""
+    base = posixpath.basename(rel)
+    if "-of-" in base:
+        return base.split("-", 1)[0]
+    return default
+
+
+def iter_parquet(fileobj: IO[bytes], rel: str, image_column: str, label_column: str, group_column: str | None,
+                 default_split: str, class_names: list[str] | None) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(fileobj)
+    cols = [image_column, label_column] + ([group_column] if group_column else [])
+    missing = [c for c in cols if c not in pf.schema_arrow.names]
+    if missing:
+        raise ValueError(f"{rel}: no column(s) {missing}; columns are {pf.schema_arrow.names} "
+                         "(choose with --image-column / --label-column)")
+    split = parquet_split(rel, default_split)
+    row = 0
+    for rg in range(pf.num_row_groups):
+        t = pf.read_row_group(rg, columns=cols)
+        images = t.column(image_column).to_pylist()
+        labels = t.column(label_column).to_pylist()
+        groups = t.column(group_column).to_pylist() if group_column else [None] * len(labels)
+        for img, lab, grp in zip(images, labels, groups):
+            data = img.get("bytes") if isinstance(img, dict) else img
+            name = (class_names[lab] if class_names and isinstance(lab, int) and 0 <= lab < len(class_names)
+                    else str(lab))
+            yield Record(source_id=f"{rel}#{row}", split=split, class_name=name, data=data or b"",
+                         label=int(lab) if class_names and isinstance(lab, int) else -1,
+                         group=None if grp is None else str(grp))
+            row += 1
+
+
+# -- WebDataset shards ------------------------------------------------------------------------------
+def iter_wds(fileobj: IO[bytes], rel: str, split: str, class_names: list[str] | None) -> Iterator[Record]:
+    from lcrypt.shards import iter_samples
+
+    for sample in iter_samples(fileobj, url=rel):
+        sid = f"{rel}#{sample['__key__']}"
+        found = [e for e in WDS_IMAGE_EXTS if e in sample]
+        cls = sample.get("cls")
+        if len(found) != 1 or cls is None:
+            yield Record(source_id=sid, split=split, class_name="", data=b"",
+                         layout_error=f"sample has image members {found} and "
+                                      f"{'a' if cls is not None else 'no'} .cls member; expected one image and a .cls")
+            continue
+        try:
+            lab = int(cls.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            yield Record(source_id=sid, split=split, class_name="", data=b"", layout_error=".cls is not an integer")
+            continue
+        name = class_names[lab] if class_names and 0 <= lab < len(class_names) else str(lab)
+        yield Record(source_id=sid, split=split, class_name=name, data=sample[found[0]],
+                     ext="npy" if found[0] == "npy" else "", label=lab if class_names else -1)
+
+
+# -- decoding ---------------------------------------------------------------------------------------
+def decode_record(record: Record, size: tuple[int, int] | None = None,
+                  expect: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of a record under lcrypt.images' rules, or ImageRejected with the reason."""
+    from lcrypt.images import ImageRejected, _fit, decode_image
+
+    if record.layout_error:
+        raise ImageRejected("layout", record.layout_error)
+    if record.ext.startswith("rgb8:"):
+        h, w = (int(v) for v in record.ext[5:].split("x"))
+        return _fit(np.frombuffer(record.data, np.uint8).reshape(h, w, 3), size, expect)
+    if record.ext == "npy":
+        from lcrypt.shards import ShardFormatError, decode_image as decode_member
+
+        try:
+            return _fit(decode_member("x.npy", record.data), size, expect)
+        except ShardFormatError as exc:
+            raise ImageRejected("corrupt", str(exc)) from None
+    return decode_image(record.data, size=size, expect=expect)
+
+
+def iter_records(spec: str | Source, **options: Any) -> Iterator[Record]:
+    """Every record of a source, in a deterministic order."""
+    source = spec if isinstance(spec, Source) else Source.parse(spec, **options)
+    return iter(source)
+
+
+def match_owner(record: Record, owners: Sequence[tuple[str, Sequence[str]]]) -> str | None:
+    """The first owner whose globs match the record (its path, its split/class/file part, or its group)."""
+    cands = [record.source_id, layout_path(record.source_id)] if record.group is None else [record.group]
+    for name, globs in owners:
+        if any(fnmatch.fnmatchcase(c, g) for g in globs for c in cands):
+            return name
+    return None
+
+
+def load_arrays(spec: str | Source, split: str, limit: int | None = None, size: int | tuple[int, int] | None = None,
+                **options: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode one split of a source into ``(images (N, H, W, 3) uint8, labels int64, class_names)``.
+
+    For attacks, tests and small experiments; the pipeline is the way to prepare a whole dataset.
+    Records the rules reject raise (here nothing is skipped silently either). ``limit`` keeps the
+    first ``limit`` records of the split in source order.
+    """
+    from lcrypt.images import parse_size
+
+    source = spec if isinstance(spec, Source) else Source.parse(spec, **options)
+    size = parse_size(size)
+    declared = source.class_names()
+    recs: list[Record] = []
+    all_names: set[str] = set()
+    images = []
+    for r in source:
+        all_names.add(r.class_name)
+        if r.split != split or (limit is not None and len(recs) >= limit):
+            continue
+        recs.append(r)
+        try:
+            img = decode_record(r, size=size, expect=images[0].shape[:2] if images and size is None else None)
+        except ValueError as exc:
+            raise ValueError(f"{r.source_id}: {exc}") from None
+        images.append(img)
+    if not recs:
+        raise ValueError(f"split {split!r} has no records in {source.path}")
+    if declared is None and all(r.label >= 0 for r in recs):
+        declared = _declared_from_records(source)
+    names = declared or classes_from_names(all_names)
+    index = {n: i for i, n in enumerate(names)}
+    labels = np.array([r.label if r.label >= 0 else index[r.class_name] for r in recs], dtype=np.int64)
+    return np.stack(images), labels, names
+
+
+def _declared_from_records(source: Source) -> list[str] | None:
+    if source.kind == "cifar":
+        from lcrypt.shards import iter_members
+
+        with source.fs.open(source.path) as f:
+            for name, data in iter_members(f):
+                if posixpath.basename(name) in ("batches.meta", "meta"):
+                    meta = _load_cifar_batch(data)
+                    key = "label_names" if "label_names" in meta else "fine_label_names"
+                    return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]]
+    return None
+
+
+def source_class_names(source: Source, records: Iterable[Record] | None = None) -> list[str]:
+    """The class list of a whole source (reads it when the names are not declared up front)."""
+    declared = source.class_names() or _declared_from_records(source)
+    if declared:
+        return declared
+    return classes_from_names(r.class_name for r in (records if records is not None else source))
+
+
+Opener = Callable[[str], IO[bytes]]
