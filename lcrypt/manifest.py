@@ -30,7 +30,7 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 MANIFEST_FORMAT = "lcrypt-dataset/1"
 MANIFEST_NAME = "manifest.json"
@@ -170,22 +170,24 @@ class Manifest:
         return {"name": self.name, "num_classes": self.num_classes, "class_names": self.class_names,
                 "splits": splits}
 
-    def save(self, directory: str | os.PathLike, index: Iterable[Mapping[str, Any]] | None = None) -> Path:
+    def save(self, directory: str | os.PathLike, index: Iterable[Mapping[str, Any]] | None = None,
+             write: Callable[[str, bytes], None] | None = None) -> str:
         """Write manifest.json and _info.json (and index.parquet when ``index`` rows are given), atomically.
 
         Written last by the pipeline, after every shard, so a folder with a manifest is complete.
+        ``write(path, data)`` replaces the local atomic writer (the pipeline passes one for gs:// etc).
         """
         from lcrypt.shards import atomic_write
 
-        directory = Path(directory)
+        write = write or atomic_write
+        directory = str(directory).rstrip("/")
         if not self.created:
             self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if index is not None:
-            write_index(directory, index)
-        atomic_write(directory / TIMM_INFO_NAME,
-                     (json.dumps(self.timm_info(), indent=1, sort_keys=True) + "\n").encode())
-        atomic_write(directory / MANIFEST_NAME, self.to_json().encode())
-        return directory / MANIFEST_NAME
+            write(f"{directory}/{INDEX_NAME}", index_bytes(index))
+        write(f"{directory}/{TIMM_INFO_NAME}", (json.dumps(self.timm_info(), indent=1, sort_keys=True) + "\n").encode())
+        write(f"{directory}/{MANIFEST_NAME}", self.to_json().encode())
+        return f"{directory}/{MANIFEST_NAME}"
 
     @classmethod
     def load(cls, path_or_dir: str | os.PathLike) -> "Manifest":
@@ -214,17 +216,22 @@ def index_table(rows: Iterable[Mapping[str, Any]]):
     return pa.table({c: [r[c] for r in rows] for c in INDEX_COLUMNS}, schema=schema)
 
 
-def write_index(directory: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write index.parquet atomically (no pandas metadata; deterministic for one pyarrow version)."""
+def index_bytes(rows: Iterable[Mapping[str, Any]]) -> bytes:
+    """index.parquet content (no pandas metadata; deterministic for one pyarrow version)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lcrypt.shards import atomic_write
-
     sink = pa.BufferOutputStream()
     pq.write_table(index_table(rows), sink, compression="zstd", write_statistics=False)
+    return sink.getvalue().to_pybytes()
+
+
+def write_index(directory: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write index.parquet atomically."""
+    from lcrypt.shards import atomic_write
+
     path = Path(directory) / INDEX_NAME
-    atomic_write(path, sink.getvalue().to_pybytes())
+    atomic_write(path, index_bytes(rows))
     return path
 
 

@@ -1,0 +1,153 @@
+"""`lcrypt verify DIR`: re-hash every shard and check it against the manifest and the index.
+
+Checks, each reported with the shard (and sample) it concerns, so the user knows exactly what is wrong:
+the manifest loads; every listed shard exists, has the recorded size and sha256; every shard parses as
+the lcrypt shard format (two members per sample, keys sorted, .cls decodes); its sample count and
+sample keys equal the index rows for that shard; labels are in range; no shard file on disk is
+missing from the manifest; per-owner and per-split counts add up. ``--decode`` also decodes every
+image and checks its shape against the manifest (slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from lcrypt import shards
+from lcrypt.manifest import Manifest, ManifestError, read_index
+
+
+def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str], dict]:
+    """``(problems, totals)``: every problem found (empty when the dataset is intact) and counts checked."""
+    directory = Path(directory)
+    problems: list[str] = []
+    totals = {"shards": 0, "samples": 0, "bytes": 0}
+    try:
+        m = Manifest.load(directory)
+    except ManifestError as exc:
+        return [str(exc)], totals
+    try:
+        index = read_index(directory).to_pylist()
+    except (ManifestError, OSError) as exc:
+        problems.append(f"index.parquet: {exc}")
+        index = []
+    by_shard: dict[str, list] = defaultdict(list)
+    for row in index:
+        by_shard[row["shard"]].append(row)
+    listed = {s.path for s in m.shards}
+    for extra in sorted(set(by_shard) - listed):
+        problems.append(f"index.parquet lists {len(by_shard[extra])} samples in shard {extra}, "
+                        "which the manifest does not list")
+    expected_ext = shards.IMAGE_EXT.get(m.encoding)
+    h, w = m.image_shape[:2]
+    for entry in m.shards:
+        path = directory / entry.path
+        totals["shards"] += 1
+        if not path.exists():
+            problems.append(f"{entry.path}: missing (the manifest lists it with {entry.count} samples); "
+                            "re-run `lcrypt prepare` or restore the file")
+            continue
+        data = path.read_bytes()
+        totals["bytes"] += len(data)
+        if len(data) != entry.bytes:
+            problems.append(f"{entry.path}: {len(data)} bytes on disk, the manifest says {entry.bytes} (truncated "
+                            "or replaced)")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.sha256:
+            problems.append(f"{entry.path}: sha256 {digest[:16]}… differs from the manifest's "
+                            f"{entry.sha256[:16]}… (the file was modified or corrupted)")
+        try:
+            split, owner, _ = shards.parse_shard_path(entry.path)
+            if (split, owner) != (entry.split, entry.owner):
+                problems.append(f"{entry.path}: name says split {split} owner {owner}, the manifest says "
+                                f"{entry.split} {entry.owner}")
+        except ValueError as exc:
+            problems.append(str(exc))
+        keys, bad = [], 0
+        try:
+            import io
+
+            for sample in shards.iter_samples(io.BytesIO(data), url=entry.path):
+                key = sample["__key__"]
+                keys.append(key)
+                members = sorted(k for k in sample if not k.startswith("__"))
+                if members != sorted([shards.LABEL_EXT, expected_ext]):
+                    problems.append(f"{entry.path}: sample {key} has members {members}, expected "
+                                    f"{sorted([shards.LABEL_EXT, expected_ext])}")
+                    bad += 1
+                    continue
+                label = shards.decode_label(sample[shards.LABEL_EXT])
+                if not 0 <= label < max(1, m.num_classes):
+                    problems.append(f"{entry.path}: sample {key} has label {label}, outside 0..{m.num_classes - 1}")
+                if decode:
+                    img = shards.decode_image(f"{key}.{expected_ext}", sample[expected_ext])
+                    if img.shape != (h, w, 3):
+                        problems.append(f"{entry.path}: sample {key} decodes to {img.shape}, expected {(h, w, 3)}")
+        except (shards.ShardFormatError, ValueError) as exc:
+            problems.append(f"{entry.path}: not a readable lcrypt shard: {exc}")
+            continue
+        totals["samples"] += len(keys)
+        if len(keys) != entry.count:
+            problems.append(f"{entry.path}: holds {len(keys)} samples, the manifest says {entry.count}")
+        if keys != sorted(keys):
+            problems.append(f"{entry.path}: samples are not sorted by key (not written by lcrypt prepare?)")
+        rows = by_shard.get(entry.path, [])
+        idx_keys = sorted(r["key"] for r in rows)
+        if index and idx_keys != sorted(keys):
+            missing = sorted(set(idx_keys) - set(keys))
+            extra = sorted(set(keys) - set(idx_keys))
+            problems.append(f"{entry.path}: sample keys differ from index.parquet ({len(missing)} indexed but absent"
+                            f"{': ' + ', '.join(missing[:3]) if missing else ''}; {len(extra)} present but not indexed"
+                            f"{': ' + ', '.join(extra[:3]) if extra else ''})")
+    on_disk = {p.relative_to(directory).as_posix() for p in directory.glob("*/*.tar")}
+    for stray in sorted(on_disk - listed):
+        problems.append(f"{stray}: shard file not listed in the manifest (left from another run?)")
+    for o in m.owners:
+        for split, n in o.counts.items():
+            have = sum(s.count for s in m.shards if s.owner == o.name and s.split == split)
+            if have != n:
+                problems.append(f"owner {o.name} split {split}: manifest counts {n}, its shards hold {have}")
+    for split, n in m.splits.items():
+        have = sum(s.count for s in m.shards if s.split == split)
+        if have != n:
+            problems.append(f"split {split}: manifest counts {n}, its shards hold {have}")
+    return problems, totals
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from lcrypt.table import format_table
+
+    problems, totals = verify(args.dir, decode=args.decode)
+    print(format_table([[totals["shards"], totals["samples"], totals["bytes"], len(problems)]],
+                       ["shards", "samples", "bytes", "problems"]))
+    if problems:
+        for p in problems:
+            print(f"FAIL {p}", file=sys.stderr)
+        print(f"lcrypt verify: {args.dir} has {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"OK {args.dir}: every shard matches the manifest and the index")
+    return 0
+
+
+def add_command(subparsers) -> None:
+    """The `lcrypt verify` plugin."""
+    p = subparsers.add_parser("verify", help="re-hash every shard of a prepared dataset and check it")
+    p.add_argument("dir", help="dataset folder made by `lcrypt prepare`")
+    p.add_argument("--decode", action="store_true", help="also decode every image and check its shape")
+    p.set_defaults(func=cmd_verify)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lcrypt-verify")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_command(sub)
+    args = parser.parse_args(["verify", *(argv if argv is not None else sys.argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

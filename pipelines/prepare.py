@@ -1,0 +1,361 @@
+"""`lcrypt prepare`: raw image dataset -> per-owner encrypted WebDataset shards + manifest (Apache Beam).
+
+    lcrypt prepare --source SPEC --scheme NAME [--param k=v ...] --keys OWNERS --out DIR
+                   [--jpeg-quality Q] [--shard-size N] [--size S] [beam options ...]
+    python -m pipelines.prepare ...   (the same)
+
+Unknown flags are Beam PipelineOptions (``--runner``, ``--direct_num_workers``,
+``--direct_running_mode multi_processing``, Dataflow's ``--project``, ``--region``,
+``--temp_location``...). With no ``--runner`` (or ``--runner DirectRunner``) the pipeline runs on the
+Python direct runner's engine (the FnApiRunner) chosen explicitly: since Beam 2.68 ``DirectRunner``
+first tries the Prism binary, a download that fails offline.
+
+The chain: ReadRecords (chunks of raw records) -> EncryptChunk (decode by lcrypt.images' rules,
+encrypt per owner in one vectorised call, encode; rejects to errors.jsonl) -> count per (split, owner)
+-> AssignShards (salted key mod shard count) -> GroupByKey -> WriteShard (sorted, atomic) -> Finalize
+(errors.jsonl, reject-rate check, index.parquet, manifest.json, _info.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from lcrypt import shards
+from lcrypt.keys import Key, KeyFileError
+
+DEFAULT_SHARD_SIZE = 5000
+
+
+class PrepareError(ValueError):
+    """A problem found before any work starts (bad options, keys, source); the message says what to do."""
+
+
+# -- arguments ----------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, help="dataset: a folder, .tar/.tar.gz, cifar-10-python.tar.gz, "
+                   ".parquet or WebDataset shards; prefix KIND: (imagefolder, tar, cifar, parquet, wds) to force")
+    p.add_argument("--scheme", required=True, help="encryption scheme (see `lcrypt schemes`)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="scheme parameter, repeatable")
+    p.add_argument("--keys", required=True, help="one owner's key file, or an owners JSON file "
+                   '{"owner": {"key": "owner.key", "match": ["train/cat/*", ...]}, ...}')
+    p.add_argument("--out", required=True, help="output dataset folder (local or gs://...)")
+    p.add_argument("--name", help="dataset name recorded in the manifest (default: the output folder's name)")
+    p.add_argument("--jpeg-quality", type=int, help="store JPEG at this quality (JPEG-compatible schemes only)")
+    p.add_argument("--jpeg-subsampling", default="444", choices=("444", "422", "420"),
+                   help="JPEG chroma subsampling (default 444); the scheme's block size must align with its MCU")
+    p.add_argument("--encoding", choices=("png", "npy"), default="png",
+                   help="lossless image encoding when no --jpeg-quality (default png: smaller, and timm reads it)")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="samples per shard, about")
+    p.add_argument("--size", help="resize (cover, bicubic) and centre-crop every image to S or HxW")
+    p.add_argument("--split", default="train", help="split name for sources without split folders")
+    p.add_argument("--image-column", help="Parquet: image column (default image)")
+    p.add_argument("--label-column", help="Parquet: label column (default label)")
+    p.add_argument("--owner-column", help="Parquet: column whose value the owners' match patterns test")
+    p.add_argument("--max-reject-rate", type=float, default=0.01,
+                   help="fail when more than this fraction of records is rejected (default 0.01)")
+    p.add_argument("--chunk", type=int, default=256, help="records per pipeline element (default 256)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_command(subparsers) -> None:
+    """The `lcrypt prepare` plugin (declared in pyproject's lcrypt.commands entry points)."""
+    p = subparsers.add_parser("prepare", help="encrypt a raw image dataset into WebDataset shards (Apache Beam)",
+                              description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    p.set_defaults(func=lambda args: run_args(args, list(getattr(args, "extra", []) or [])), accepts_extra=True)
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise PrepareError(f"--param {pair!r}: write NAME=VALUE, e.g. --param block_size=16")
+        out[k] = v
+    return out
+
+
+# -- owners -------------------------------------------------------------------------------------------
+def load_owners(spec: str) -> tuple[dict[str, Key], list[tuple[str, list[str]]], str | None]:
+    """``(keys by owner, [(owner, globs)], owner column)`` from a key file or an owners file."""
+    path = Path(spec)
+    try:
+        body = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PrepareError(f"--keys {spec}: not found; create a key with `lcrypt keygen --owner NAME --out {spec}`")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise PrepareError(f"--keys {spec}: neither a key file nor an owners JSON file")
+    if isinstance(body, dict) and body.get("format", "").startswith("lcrypt-key"):
+        key = Key.load(path)
+        shards.check_owner(key.owner)
+        return {key.owner: key}, [], None
+    column = None
+    if isinstance(body, dict) and "owners" in body:
+        column = body.get("column")
+        body = body["owners"]
+    if not isinstance(body, dict) or not body:
+        raise PrepareError(f"--keys {spec}: an owners file maps owner names to {{\"key\": ..., \"match\": [...]}}")
+    keys, globs = {}, []
+    for name, entry in body.items():
+        try:
+            shards.check_owner(name)
+        except ValueError as exc:
+            raise PrepareError(f"--keys {spec}: {exc}") from None
+        if not isinstance(entry, dict) or "key" not in entry or not entry.get("match"):
+            raise PrepareError(f"--keys {spec}: owner {name!r} needs \"key\" (a key file) and \"match\" (patterns)")
+        match = entry["match"] if isinstance(entry["match"], list) else [entry["match"]]
+        kpath = Path(entry["key"])
+        keys[name] = Key.load(kpath if kpath.is_absolute() else path.parent / kpath, owner=name)
+        globs.append((name, [str(m) for m in match]))
+    return keys, globs, column
+
+
+# -- runner ---------------------------------------------------------------------------------------------
+def make_pipeline(options):
+    """A Pipeline on the requested runner; the Python direct engine (never Prism) for DirectRunner."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    if runner in (None, "DirectRunner", "direct", "FnApiRunner"):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return beam.Pipeline(runner=FnApiRunner(), options=options)
+    return beam.Pipeline(options=options)
+
+
+# -- pipeline construction ------------------------------------------------------------------------------
+def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -> None:
+    """Add the prepare chain to pipeline ``p`` (separate from running it, so it can be built for Dataflow)."""
+    import apache_beam as beam
+
+    from lcrypt.datasets import classes_from_names
+    from pipelines.sources import FIELDS, ReadRecords
+    from pipelines.transforms import (AssignShardsFn, EncryptChunkFn, FinalizeFn, WriteShardFn, dead_letter_reads,
+                                      dead_letter_rows)
+
+    chunks = p | "ReadRecords" >> ReadRecords(source, config_chunk(config))
+    ci = FIELDS.index("class_name")
+    le = FIELDS.index("layout_error")
+    if class_names is not None:
+        names = p | "DeclaredClasses" >> beam.Create([class_names])
+    else:
+        names = (chunks
+                 | "ClassNamesOfChunk" >> beam.FlatMap(lambda ch: sorted({t[ci] for t in ch if t[ci] and not t[le]}))
+                 | "DistinctClasses" >> beam.Distinct()
+                 | "AllClasses" >> beam.combiners.ToList()
+                 | "SortClasses" >> beam.Map(classes_from_names))
+    out = (chunks
+           | "EncryptChunks" >> beam.ParDo(EncryptChunkFn(config), beam.pvalue.AsSingleton(names))
+           .with_outputs("rejected", "read", main="samples")
+           .with_exception_handling(threshold=1.0))
+    samples, rejected, read, bad = out["samples"], out["rejected"], out["read"], out["bad"]
+    rejected = ((rejected, bad | "DeadLetterRows" >> beam.FlatMap(dead_letter_rows))
+                | "AllRejected" >> beam.Flatten())
+    read_counts = ((read, bad | "DeadLetterReads" >> beam.FlatMap(dead_letter_reads))
+                   | "AllRead" >> beam.Flatten() | "ReadPerGroup" >> beam.CombinePerKey(sum))
+    written_counts = (samples | "CountSamples" >> beam.Map(lambda kv: (kv[0], len(kv[1])))
+                      | "WrittenPerGroup" >> beam.CombinePerKey(sum))
+    written = (samples
+               | "AssignShards" >> beam.ParDo(AssignShardsFn(config.shard_size), beam.pvalue.AsDict(written_counts))
+               | "GroupShards" >> beam.GroupByKey()
+               | "WriteShards" >> beam.ParDo(WriteShardFn(config.out, config.encoding)))
+    _ = (p | "Once" >> beam.Create([None])
+         | "Finalize" >> beam.ParDo(FinalizeFn(config, scheme_info), beam.pvalue.AsList(written),
+                                    beam.pvalue.AsList(rejected), beam.pvalue.AsDict(read_counts),
+                                    beam.pvalue.AsSingleton(names)))
+
+
+def config_chunk(config) -> int:
+    return getattr(config, "chunk", 256)
+
+
+# -- the command ------------------------------------------------------------------------------------------
+def plan(args: argparse.Namespace):
+    """Validate everything before any work; returns (source, config, declared class names, scheme info)."""
+    from lcrypt.datasets import decode_record, source_class_names
+    from lcrypt.images import ImageRejected, parse_size
+    from lcrypt.schemes import get_scheme
+    from pipelines.sources import open_source
+    from pipelines.transforms import PrepareConfig
+
+    try:
+        scheme = get_scheme(args.scheme, **parse_params(args.param))
+    except (TypeError, ValueError) as exc:
+        raise PrepareError(str(exc)) from None
+    encoding = "jpeg" if args.jpeg_quality is not None else args.encoding
+    if encoding == "jpeg":
+        if not 1 <= args.jpeg_quality <= 100:
+            raise PrepareError(f"--jpeg-quality {args.jpeg_quality}: choose 1..100")
+        if args.jpeg_subsampling not in scheme.info.jpeg_subsamplings:
+            ok = ", ".join(scheme.info.jpeg_subsamplings)
+            raise PrepareError(
+                f"scheme {scheme.info.name} {scheme.params} is not JPEG-compatible with chroma subsampling "
+                f"{args.jpeg_subsampling} ({'compatible with: ' + ok if ok else 'it is not JPEG-compatible at all'}); "
+                "JPEG would destroy the ciphertext's structure. Drop --jpeg-quality for lossless PNG, or use "
+                "--scheme etc with a block size that is a multiple of the JPEG MCU (8 for 444, 16 for 422/420)")
+    if args.shard_size < 1:
+        raise PrepareError("--shard-size must be at least 1")
+    try:
+        keys, globs, column = load_owners(args.keys)
+    except KeyFileError as exc:
+        raise PrepareError(str(exc)) from None
+    try:
+        size = parse_size(args.size)
+    except ValueError as exc:
+        raise PrepareError(str(exc)) from None
+    try:
+        source = open_source(args.source, split=args.split, image_column=args.image_column,
+                             label_column=args.label_column, group_column=args.owner_column or column)
+    except (FileNotFoundError, ValueError) as exc:
+        raise PrepareError(f"--source {args.source}: {exc}") from None
+    _check_out(args.out, args.overwrite)
+    # Probe: the first decodable image fixes the dataset's size when --size is not given.
+    shape = None
+    if size is None:
+        for i, rec in enumerate(iter(source)):
+            try:
+                shape = decode_record(rec).shape[:2]
+                break
+            except ImageRejected:
+                if i >= 1000:
+                    break
+        if shape is None:
+            raise PrepareError(f"--source {args.source}: no decodable image among the first records")
+    h, w = size or shape
+    try:
+        scheme.encrypt(__import__("numpy").zeros((1, h, w, 3), "uint8"), next(iter(keys.values())))
+    except ValueError as exc:
+        raise PrepareError(f"scheme {args.scheme} cannot encrypt {h}x{w} images: {exc}") from None
+    declared = source.class_names()
+    if declared is None and source.kind == "cifar":
+        declared = source_class_names(source)
+    name = args.name or Path(str(args.out).rstrip("/")).name or "dataset"
+    progress_dir = None if "://" in args.out else os.path.join(args.out, ".progress")
+    config = PrepareConfig(
+        out=str(args.out), name=name, scheme=scheme.info.name, scheme_params=dict(scheme.params), keys=keys,
+        owner_globs=globs, encoding=encoding, jpeg_quality=args.jpeg_quality,
+        jpeg_subsampling=args.jpeg_subsampling, shard_size=args.shard_size, size=size,
+        expect=None if size else shape, image_shape=[h, w, 3], max_reject_rate=args.max_reject_rate,
+        source_info=source.describe(), declared_labels=declared is not None, progress_dir=progress_dir)
+    config.chunk = args.chunk
+    return source, config, declared, scheme.info.as_dict(h, w)
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    if "://" in out:
+        return
+    path = Path(out)
+    if path.exists() and any(path.iterdir()):
+        if not (path / "manifest.json").exists() and not overwrite:
+            raise PrepareError(f"--out {out} exists and is not empty; choose a new folder (or --overwrite)")
+        if not overwrite:
+            raise PrepareError(f"--out {out} already holds a dataset; pass --overwrite to replace it")
+        for child in path.iterdir():  # only what prepare writes: split folders of shards and its files
+            if child.is_dir() and all(f.suffix == ".tar" or f.name.startswith(".") for f in child.iterdir()):
+                shutil.rmtree(child)
+            elif child.name in ("manifest.json", "index.parquet", "_info.json", "errors.jsonl", ".progress"):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _watch_progress(progress_dir: str, stop: threading.Event, quiet: bool) -> None:
+    """Live progress: sum the counters each worker drops in DIR/.progress (local runs only)."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc="prepare", unit="img", disable=quiet, dynamic_ncols=True, mininterval=0.5)
+    shown = 0
+    while not stop.wait(0.5):
+        total, rej = 0, 0
+        try:
+            for f in os.listdir(progress_dir):
+                if f.endswith(".json"):
+                    with open(os.path.join(progress_dir, f)) as fh:
+                        d = json.load(fh)
+                    total, rej = total + d["read"], rej + d["rejected"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if total > shown:
+            bar.update(total - shown)
+            shown = total
+            bar.set_postfix(rejected=rej)
+    bar.close()
+
+
+def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from lcrypt.table import format_table
+
+    try:
+        source, config, declared, scheme_info = plan(args)
+    except PrepareError as exc:
+        print(f"lcrypt prepare: error: {exc}", file=sys.stderr)
+        return 2
+    options = PipelineOptions(list(beam_args))
+    t0 = time.perf_counter()
+    stop = threading.Event()
+    watcher = None
+    if config.progress_dir:
+        os.makedirs(config.progress_dir, exist_ok=True)
+        watcher = threading.Thread(target=_watch_progress, args=(config.progress_dir, stop, args.quiet), daemon=True)
+        watcher.start()
+    try:
+        p = make_pipeline(options)
+        build(p, source, config, declared, scheme_info)
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as exc:
+        msg = str(exc)
+        from pipelines.transforms import RejectRateExceeded
+
+        if "RejectRateExceeded" in msg or isinstance(exc, RejectRateExceeded):
+            line = next((l for l in msg.splitlines() if "records rejected" in l), msg.splitlines()[-1])
+            print(f"lcrypt prepare: error: {line.split('RejectRateExceeded: ')[-1]}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        stop.set()
+        if watcher:
+            watcher.join()
+        if config.progress_dir:
+            shutil.rmtree(config.progress_dir, ignore_errors=True)
+    wall = time.perf_counter() - t0
+    from lcrypt.manifest import Manifest
+
+    if "://" in config.out:
+        print(f"prepared {config.out} in {wall:.1f} s")
+        return 0
+    m = Manifest.load(config.out)
+    rows = [[s["split"], s["owner"], s["read"], s["written"], s["rejected"], s["bytes"], s["written"] / wall]
+            for s in m.stats]
+    tot = [sum(r[i] for r in rows) for i in range(2, 6)]
+    rows.append(["all", "", *tot, tot[1] / wall])
+    print(format_table(rows, ["split", "owner", "read", "written", "rejected", "bytes", "images/s"]))
+    print(f"{len(m.shards)} shards, scheme {m.scheme} {m.scheme_params}, encoding {m.encoding}"
+          f"{' q' + str(m.jpeg_quality) if m.jpeg_quality else ''}, {wall:.1f} s wall; "
+          f"owners: {', '.join(f'{o.name} (key {o.key_id})' for o in m.owners)}")
+    if tot[2]:
+        print(f"rejected records and reasons: {os.path.join(config.out, 'errors.jsonl')}")
+    print(f"check it with: lcrypt verify {config.out}")
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse known args, hand the rest to Beam (the wordcount way), run, print the summary."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.prepare", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args, beam_args = parser.parse_known_args(argv)
+    return run_args(args, beam_args)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

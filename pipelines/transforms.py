@@ -1,0 +1,256 @@
+"""The PTransforms and DoFns of ``prepare``: decode + encrypt + encode chunks, assign shards, write them.
+
+Reproducible sharding (the way TFDS's Beam builders do it): ``fileio.WriteToFiles`` decides file
+contents by bundling, which depends on the runner and worker count, so instead every sample gets an
+opaque key (HMAC of its source id under the owner's salt), the number of shards of each (split, owner)
+is ``ceil(count / shard_size)`` from the counted total, the shard is ``key mod num_shards``, and the
+samples of a shard are grouped and sorted by key before its tar is written in one go. The manifest,
+index and errors.jsonl are written last, sorted, so the whole folder is a function of the input, the
+keys and the options (apart from manifest.json's ``created``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections import defaultdict
+from typing import Any, Iterator
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from lcrypt import shards
+from lcrypt.datasets import decode_record, match_owner
+from lcrypt.images import ImageRejected
+from lcrypt.keys import Key
+from lcrypt.manifest import ERRORS_NAME, Manifest, OwnerEntry, ShardEntry
+from pipelines.sources import FIELDS, tuple_record
+
+NO_OWNER = "-"
+NO_SPLIT = "-"
+
+
+class RejectRateExceeded(RuntimeError):
+    """More records were rejected than ``--max-reject-rate`` allows."""
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    """Everything the workers need, picklable. Keys travel to the workers (as Beam ships any DoFn state)."""
+
+    out: str
+    name: str
+    scheme: str
+    scheme_params: dict[str, Any]
+    keys: dict[str, Key]
+    owner_globs: list[tuple[str, list[str]]]  # empty = one owner takes every record
+    encoding: str
+    jpeg_quality: int | None
+    jpeg_subsampling: str
+    shard_size: int
+    size: tuple[int, int] | None
+    expect: tuple[int, int] | None
+    image_shape: list[int]
+    max_reject_rate: float
+    source_info: dict[str, Any]
+    declared_labels: bool = False  # labels come with the records (source declared its class names)
+    progress_dir: str | None = None
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Local: temp file + fsync + rename. Other file systems: Beam create to a temp name + rename."""
+    if "://" not in path:
+        shards.atomic_write(path, data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(tmp) as f:
+        f.write(data)
+    FileSystems.rename([tmp], [path])
+
+
+class EncryptChunkFn(beam.DoFn):
+    """A chunk of records -> encrypted encoded samples grouped by (split, owner), plus rejections.
+
+    Outputs: main ``((split, owner), [(key, label, image_bytes), ...])``; ``rejected`` dicts
+    ``{source, split, owner, reason}``; ``read`` ``((split, owner), n)``. Decoding errors are rejected
+    per record here; anything that escapes (a bug, a decoder crash) fails the whole chunk into Beam's
+    dead-letter output (``with_exception_handling``), where every record of it is rejected.
+    """
+
+    def __init__(self, config: PrepareConfig):
+        self.config = config
+
+    def setup(self):
+        from lcrypt.schemes import get_scheme
+
+        c = self.config
+        self.scheme = get_scheme(c.scheme, **c.scheme_params)
+        self.salts = {name: shards.sample_key_salt(k) for name, k in c.keys.items()}
+        self.single_owner = next(iter(c.keys)) if not c.owner_globs else None
+        self.done = {"read": 0, "written": 0, "rejected": 0}
+        self.progress_path = (os.path.join(c.progress_dir, f"{uuid.uuid4().hex}.json") if c.progress_dir else None)
+        self.last_report = 0.0
+
+    def process(self, chunk, class_names):
+        c = self.config
+        index = {n: i for i, n in enumerate(class_names)}
+        read: dict[tuple[str, str], int] = defaultdict(int)
+        groups: dict[tuple[str, str], list] = defaultdict(list)
+        rejected = []
+        for t in chunk:
+            r = tuple_record(t)
+            owner = self.single_owner or match_owner(r, c.owner_globs) or NO_OWNER
+            split = r.split or NO_SPLIT
+            read[(split, owner)] += 1
+            try:
+                if owner == NO_OWNER:
+                    raise ImageRejected("no_owner", "no owner's match globs cover this record")
+                if split != NO_SPLIT:
+                    shards.check_split(split)
+                image = decode_record(r, size=c.size, expect=c.expect)
+                label = r.label if c.declared_labels and r.label >= 0 else index[r.class_name]
+            except (ImageRejected, ValueError, KeyError) as exc:
+                reason = exc.reason if isinstance(exc, ImageRejected) else f"invalid: {exc}"
+                rejected.append({"source": r.source_id, "split": split, "owner": owner, "reason": str(reason),
+                                 "detail": str(exc)})
+                continue
+            groups[(split, owner)].append((r.source_id, label, image))
+        for (split, owner), items in sorted(groups.items()):
+            images = self.scheme.encrypt(np.stack([im for _, _, im in items]), c.keys[owner])
+            salt = self.salts[owner]
+            samples = [(shards.sample_key(sid, salt), int(label),
+                        shards.encode_image(img, c.encoding, c.jpeg_quality, c.jpeg_subsampling))
+                       for (sid, label, _), img in zip(items, images)]
+            yield (split, owner), samples
+        for row in rejected:
+            yield beam.pvalue.TaggedOutput("rejected", row)
+        for k, n in read.items():
+            yield beam.pvalue.TaggedOutput("read", (k, n))
+        self._progress(sum(read.values()), len(rejected))
+
+    def _progress(self, n_read: int, n_rejected: int) -> None:
+        self.done["read"] += n_read
+        self.done["rejected"] += n_rejected
+        now = time.monotonic()
+        if self.progress_path and now - self.last_report > 0.3:
+            self.last_report = now
+            try:
+                tmp = self.progress_path + ".tmp"
+                with open(tmp, "w") as f:
+                    json.dump(self.done, f)
+                os.replace(tmp, self.progress_path)
+            except OSError:
+                pass  # progress is best effort; the summary at the end is exact
+
+    def finish_bundle(self):
+        self.last_report = 0.0
+        self._progress(0, 0)
+
+
+def dead_letter_rows(bad) -> Iterator[dict]:
+    """Beam's dead letter ``(chunk, (exc_type, exc, traceback))`` -> one rejection per record of the chunk."""
+    chunk, err = bad
+    reason = f"chunk_failed: {err[0].__name__ if isinstance(err, tuple) else type(err).__name__}"
+    for t in chunk:
+        r = tuple_record(t)
+        yield {"source": r.source_id, "split": r.split or NO_SPLIT, "owner": NO_OWNER, "reason": reason,
+               "detail": str(err[1] if isinstance(err, tuple) else err)[:500]}
+
+
+def dead_letter_reads(bad) -> Iterator[tuple]:
+    for row in dead_letter_rows(bad):
+        yield (row["split"], NO_OWNER), 1
+
+
+class AssignShardsFn(beam.DoFn):
+    """Split a group's samples into per-shard lists by ``key mod num_shards`` (num_shards from the count)."""
+
+    def __init__(self, shard_size: int):
+        self.shard_size = shard_size
+
+    def process(self, element, counts):
+        (split, owner), samples = element
+        n = shards.num_shards_for(counts[(split, owner)], self.shard_size)
+        per: dict[int, list] = defaultdict(list)
+        for s in samples:
+            per[shards.shard_of(s[0], n)].append(s)
+        for idx, items in per.items():
+            yield (split, owner, idx), items
+
+
+class WriteShardFn(beam.DoFn):
+    """All samples of one shard -> its tar (sorted by key, written atomically) -> (ShardEntry, index rows)."""
+
+    def __init__(self, out: str, encoding: str):
+        self.out, self.encoding = out, encoding
+
+    def process(self, element):
+        (split, owner, idx), lists = element
+        samples = sorted((s for lst in lists for s in lst), key=lambda s: s[0])
+        ext = shards.IMAGE_EXT[self.encoding]
+        members = []
+        for key, label, data in samples:
+            members.append((f"{key}.{shards.LABEL_EXT}", shards.encode_label(label)))
+            members.append((f"{key}.{ext}", data))
+        data = shards.tar_bytes(members)
+        rel = shards.shard_path(split, owner, idx)
+        write_atomic(FileSystems.join(self.out, rel) if "://" in self.out else os.path.join(self.out, rel), data)
+        entry = dataclasses.asdict(ShardEntry(path=rel, owner=owner, split=split, count=len(samples),
+                                              bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+        rows = [{"key": k, "shard": rel, "label": lab, "owner": owner, "split": split} for k, lab, _ in samples]
+        yield entry, rows
+
+
+class FinalizeFn(beam.DoFn):
+    """Runs once after every shard: errors.jsonl, the reject-rate check, index.parquet, manifest.json."""
+
+    def __init__(self, config: PrepareConfig, scheme_info: dict):
+        self.config, self.scheme_info = config, scheme_info
+
+    def process(self, _, written, rejected, read, class_names):
+        c = self.config
+        join = (lambda rel: FileSystems.join(c.out, rel)) if "://" in c.out else (lambda rel: os.path.join(c.out, rel))
+        rejected = sorted(rejected, key=lambda r: (r["split"], r["owner"], r["source"]))
+        write_atomic(join(ERRORS_NAME), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected).encode())
+        entries = [ShardEntry(**e) for e, _ in written]
+        stats = defaultdict(lambda: {"read": 0, "written": 0, "rejected": 0, "bytes": 0})
+        for (split, owner), n in read.items():
+            stats[(split, owner)]["read"] += n
+        for e in entries:
+            stats[(e.split, e.owner)]["written"] += e.count
+            stats[(e.split, e.owner)]["bytes"] += e.bytes
+        for r in rejected:
+            stats[(r["split"], r["owner"])]["rejected"] += 1
+        stat_rows = [{"split": s, "owner": o, **v} for (s, o), v in sorted(stats.items())]
+        total_read = sum(v["read"] for v in stats.values())
+        total_rej = len(rejected)
+        for row in stat_rows:
+            if row["read"] != row["written"] + row["rejected"]:
+                raise RuntimeError(f"accounting error for split {row['split']} owner {row['owner']}: read "
+                                   f"{row['read']} != written {row['written']} + rejected {row['rejected']}")
+        if total_read and total_rej / total_read > c.max_reject_rate:
+            raise RejectRateExceeded(
+                f"{total_rej} of {total_read} records rejected ({total_rej / total_read:.1%}), over "
+                f"--max-reject-rate {c.max_reject_rate:.1%}; see {join(ERRORS_NAME)} for each record and reason, "
+                "fix the source or use --size / raise --max-reject-rate")
+        owners = []
+        for name, key in sorted(c.keys.items()):
+            counts = {e.split: 0 for e in entries if e.owner == name}
+            for e in entries:
+                if e.owner == name:
+                    counts[e.split] += e.count
+            owners.append(OwnerEntry(name=name, key_id=key.key_id, counts=dict(sorted(counts.items()))))
+        manifest = Manifest(
+            name=c.name, scheme=c.scheme, scheme_params=c.scheme_params, owners=owners,
+            class_names=list(class_names), image_shape=c.image_shape, encoding=c.encoding, shards=entries,
+            scheme_info=self.scheme_info, jpeg_quality=c.jpeg_quality,
+            jpeg_subsampling=c.jpeg_subsampling if c.encoding == "jpeg" else None,
+            stats=stat_rows, source=c.source_info)
+        rows = [row for _, rs in written for row in rs]
+        manifest.save(c.out, index=rows, write=write_atomic)
+        yield manifest.to_dict()
