@@ -134,13 +134,20 @@ class Source:
         return cls(kind=kind, path=path, fs=fs, **options)
 
     # units: independent pieces the pipeline reads in parallel, listed in a deterministic order
-    def units(self) -> list[tuple[str, ...]]:
+    def units(self, parts: int = 1) -> list[tuple]:
+        """Read units: file lists for folder trees; ``(file, part, parts)`` for archives and shard files.
+
+        A source of one archive is read as ``parts`` units that each stream the whole archive but keep
+        every ``parts``-th record, so several workers decode and encrypt it in parallel without shipping
+        raw records between them (streaming CIFAR's 20 MB archive costs ~0.8 s; its work ~10x that).
+        """
         if self.kind == "imagefolder":
             files = self.fs.walk(self.path)
             return [tuple(files[i:i + UNIT_FILES]) for i in range(0, len(files), UNIT_FILES)]
-        if self.kind in ("parquet", "wds"):
-            return [(f,) for f in self._files(".parquet" if self.kind == "parquet" else ".tar")]
-        return [("",)]  # one archive
+        files = self._files(".parquet" if self.kind == "parquet" else ".tar") if self.kind in ("parquet", "wds") \
+            else [""]
+        per_file = max(1, -(-parts // max(1, len(files))))
+        return [(f, i, per_file) for f in files for i in range(per_file)]
 
     def _files(self, suffix: str) -> list[str]:
         if not self.fs.isdir(self.path):
@@ -150,27 +157,33 @@ class Source:
     def _full(self, rel: str) -> str:
         return self.fs.join(self.path, rel) if rel else self.path
 
-    def read_unit(self, unit: Sequence[str]) -> Iterator[Record]:
+    def read_unit(self, unit: Sequence) -> Iterator[Record]:
         """Records of one unit from :meth:`units`, in a deterministic order."""
         if self.kind == "imagefolder":
             for rel in unit:
                 with self.fs.open(self._full(rel)) as f:
                     yield tree_record(rel, f.read(), self.split)
-        elif self.kind == "tar":
+            return
+        rel, part, parts = unit if len(unit) == 3 else (unit[0], 0, 1)
+        for i, r in enumerate(self._read_file(rel)):
+            if i % parts == part:
+                yield r
+
+    def _read_file(self, rel: str) -> Iterator[Record]:
+        if self.kind == "tar":
             with self.fs.open(self.path) as f:
                 yield from iter_tar_tree(f, self.split)
         elif self.kind == "cifar":
             with self.fs.open(self.path) as f:
                 yield from iter_cifar(f)
         elif self.kind == "parquet":
-            with self.fs.open(self._full(unit[0])) as f:
-                yield from iter_parquet(f, unit[0] or posixpath.basename(self.path), self.image_column,
+            with self.fs.open(self._full(rel)) as f:
+                yield from iter_parquet(f, rel or posixpath.basename(self.path), self.image_column,
                                         self.label_column, self.group_column, self.split, self.class_names())
         elif self.kind == "wds":
-            rel = unit[0] or posixpath.basename(self.path)
-            split = self._wds_split(rel)
-            with self.fs.open(self._full(unit[0])) as f:
-                yield from iter_wds(f, rel, split, self.class_names())
+            name = rel or posixpath.basename(self.path)
+            with self.fs.open(self._full(rel)) as f:
+                yield from iter_wds(f, name, self._wds_split(name) if rel else self.split, self.class_names())
         else:
             raise ValueError(f"unknown source kind {self.kind!r}")
 

@@ -243,26 +243,40 @@ def _octal(value: int, width: int) -> bytes:
     return f"{value:0{width - 1}o}".encode("ascii") + b"\0"
 
 
+def _header_template() -> bytes:
+    h = bytearray(TAR_BLOCK)
+    h[100:108] = _octal(0o444, 8)  # mode
+    h[108:116] = _octal(0, 8)  # uid
+    h[116:124] = _octal(0, 8)  # gid
+    h[136:148] = _octal(0, 12)  # mtime
+    h[148:156] = b" " * 8  # checksum placeholder (counted as spaces)
+    h[156:157] = b"0"  # regular file
+    h[257:263] = b"ustar\0"
+    h[263:265] = b"00"
+    h[329:337] = _octal(0, 8)  # devmajor
+    h[337:345] = _octal(0, 8)  # devminor
+    return bytes(h)
+
+
+_TEMPLATE = _header_template()
+_TEMPLATE_SUM = sum(_TEMPLATE)
+
+
 def tar_header(name: str, size: int) -> bytes:
-    """A ustar header for a regular file with every variable field fixed (mtime 0, uid/gid 0, mode 0444)."""
+    """A ustar header for a regular file with every variable field fixed (mtime 0, uid/gid 0, mode 0444).
+
+    Built from a precomputed template (only name, size and checksum vary): writing headers with
+    ``tarfile`` cost more than encoding the 1 KB images themselves.
+    """
     raw = name.encode("utf-8")
     if len(raw) > 100:
         raise ValueError(f"tar member name too long for a plain ustar header: {name!r}")
-    header = bytearray(TAR_BLOCK)
-    header[0:len(raw)] = raw
-    header[100:108] = _octal(0o444, 8)
-    header[108:116] = _octal(0, 8)
-    header[116:124] = _octal(0, 8)
-    header[124:136] = _octal(size, 12)
-    header[136:148] = _octal(0, 12)
-    header[148:156] = b" " * 8
-    header[156:157] = b"0"
-    header[257:263] = b"ustar\0"
-    header[263:265] = b"00"
-    header[329:337] = _octal(0, 8)
-    header[337:345] = _octal(0, 8)
-    header[148:156] = f"{sum(header):06o}".encode("ascii") + b"\0 "
-    return bytes(header)
+    size_field = b"%011o\0" % size
+    if len(size_field) != 12:
+        raise ValueError(f"tar member {name!r} is too large ({size} bytes) for a ustar header")
+    chksum = _TEMPLATE_SUM + sum(raw) + sum(size_field)  # the template's name and size fields are zero
+    return b"".join((raw, bytes(100 - len(raw)), _TEMPLATE[100:124], size_field, _TEMPLATE[136:148],
+                     b"%06o\0 " % chksum, _TEMPLATE[156:]))
 
 
 def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
@@ -326,9 +340,7 @@ def open_decompressed(fileobj: IO[bytes]) -> IO[bytes]:
         fileobj = io.BufferedReader(fileobj) if isinstance(fileobj, io.RawIOBase) else _Peekable(fileobj)
         head = fileobj.peek(6)[:6]
     if head[:2] == b"\x1f\x8b":
-        import gzip
-
-        return gzip.GzipFile(fileobj=fileobj, mode="rb")
+        return _BufferedStream(_gunzip_chunks(fileobj))
     if head[:3] == b"BZh":
         import bz2
 
@@ -338,6 +350,54 @@ def open_decompressed(fileobj: IO[bytes]) -> IO[bytes]:
 
         return lzma.LZMAFile(fileobj, mode="rb")
     return fileobj
+
+
+def _gunzip_chunks(f: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    """Decompressed blocks of a (multi-member) gzip stream."""
+    d = zlib.decompressobj(wbits=31)
+    while True:
+        raw = f.read(size)
+        if not raw:
+            break
+        while raw:
+            out = d.decompress(raw)
+            if out:
+                yield out
+            if d.eof:
+                raw = d.unused_data
+                d = zlib.decompressobj(wbits=31)
+            else:
+                raw = b""
+    tail = d.flush()
+    if tail:
+        yield tail
+
+
+class _BufferedStream:
+    """read(n) over an iterator of byte blocks: one slice per call instead of GzipFile's per-call overhead."""
+
+    def __init__(self, blocks: Iterator[bytes]):
+        self._blocks, self._buf, self._pos = blocks, b"", 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            rest = self._buf[self._pos:] + b"".join(self._blocks)
+            self._buf, self._pos = b"", 0
+            return rest
+        end = self._pos + n
+        if end <= len(self._buf):
+            out = self._buf[self._pos:end]
+            self._pos = end
+            return out
+        parts, have = [self._buf[self._pos:]], len(self._buf) - self._pos
+        for block in self._blocks:
+            parts.append(block)
+            have += len(block)
+            if have >= n:
+                break
+        joined = b"".join(parts)
+        self._buf, self._pos = joined, min(n, len(joined))
+        return joined[:n]
 
 
 class _Peekable:

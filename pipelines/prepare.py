@@ -62,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-reject-rate", type=float, default=0.01,
                    help="fail when more than this fraction of records is rejected (default 0.01)")
     p.add_argument("--chunk", type=int, default=256, help="records per pipeline element (default 256)")
+    p.add_argument("--read-parts", type=int, help="read a single archive as this many parallel parts "
+                   "(default: --direct_num_workers, or 1; on Dataflow about the number of worker cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -143,7 +145,7 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
     from pipelines.transforms import (AssignShardsFn, EncryptChunkFn, FinalizeFn, WriteShardFn, dead_letter_reads,
                                       dead_letter_rows)
 
-    chunks = p | "ReadRecords" >> ReadRecords(source, config_chunk(config))
+    chunks = p | "ReadRecords" >> ReadRecords(source, config.chunk, config.read_parts)
     ci = FIELDS.index("class_name")
     le = FIELDS.index("layout_error")
     if class_names is not None:
@@ -173,10 +175,6 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
          | "Finalize" >> beam.ParDo(FinalizeFn(config, scheme_info), beam.pvalue.AsList(written),
                                     beam.pvalue.AsList(rejected), beam.pvalue.AsDict(read_counts),
                                     beam.pvalue.AsSingleton(names)))
-
-
-def config_chunk(config) -> int:
-    return getattr(config, "chunk", 256)
 
 
 # -- the command ------------------------------------------------------------------------------------------
@@ -246,8 +244,8 @@ def plan(args: argparse.Namespace):
         owner_globs=globs, encoding=encoding, jpeg_quality=args.jpeg_quality,
         jpeg_subsampling=args.jpeg_subsampling, shard_size=args.shard_size, size=size,
         expect=None if size else shape, image_shape=[h, w, 3], max_reject_rate=args.max_reject_rate,
-        source_info=source.describe(), declared_labels=declared is not None, progress_dir=progress_dir)
-    config.chunk = args.chunk
+        source_info=source.describe(), declared_labels=declared is not None, progress_dir=progress_dir,
+        chunk=args.chunk, read_parts=args.read_parts or 1)
     return source, config, declared, scheme.info.as_dict(h, w)
 
 
@@ -301,6 +299,10 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         print(f"lcrypt prepare: error: {exc}", file=sys.stderr)
         return 2
     options = PipelineOptions(list(beam_args))
+    if not args.read_parts:
+        from apache_beam.options.pipeline_options import DirectOptions
+
+        config.read_parts = max(1, options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1)
     t0 = time.perf_counter()
     stop = threading.Event()
     watcher = None

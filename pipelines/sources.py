@@ -83,18 +83,17 @@ class ReadUnitFn(beam.DoFn):
 class ReadRecords(beam.PTransform):
     """Chunks of record tuples of a whole source, spread over the workers.
 
-    The units are reshuffled so several files or shards are read in parallel; the chunks are reshuffled
-    again because one archive is one unit, read by one worker, and the decode/encrypt work after it
-    should not stay on that worker.
+    The units are reshuffled so the workers read different files, or different parts of one archive
+    (see lcrypt.datasets.Source.units), and the decode/encrypt step fuses with the read: measured on
+    CIFAR-10, reshuffling the raw records instead cost more than it gained on two workers.
     """
 
-    def __init__(self, source: Source, chunk: int = CHUNK):
+    def __init__(self, source: Source, chunk: int = CHUNK, parts: int = 1):
         super().__init__()
-        self.source, self.chunk = source, chunk
+        self.source, self.chunk, self.parts = source, chunk, parts
 
     def expand(self, pbegin):
         return (pbegin
-                | "Units" >> beam.Create(self.source.units())
+                | "Units" >> beam.Create(self.source.units(self.parts))
                 | "SpreadUnits" >> beam.Reshuffle()
-                | "Read" >> beam.ParDo(ReadUnitFn(self.source, self.chunk))
-                | "SpreadChunks" >> beam.Reshuffle())
+                | "Read" >> beam.ParDo(ReadUnitFn(self.source, self.chunk)))

@@ -60,6 +60,8 @@ class PrepareConfig:
     source_info: dict[str, Any]
     declared_labels: bool = False  # labels come with the records (source declared its class names)
     progress_dir: str | None = None
+    chunk: int = 256
+    read_parts: int = 1
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -73,6 +75,7 @@ def write_atomic(path: str, data: bytes) -> None:
     FileSystems.rename([tmp], [path])
 
 
+@beam.typehints.with_output_types(Any, rejected=dict, read=tuple)
 class EncryptChunkFn(beam.DoFn):
     """A chunk of records -> encrypted encoded samples grouped by (split, owner), plus rejections.
 
@@ -202,8 +205,10 @@ class WriteShardFn(beam.DoFn):
         write_atomic(FileSystems.join(self.out, rel) if "://" in self.out else os.path.join(self.out, rel), data)
         entry = dataclasses.asdict(ShardEntry(path=rel, owner=owner, split=split, count=len(samples),
                                               bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
-        rows = [{"key": k, "shard": rel, "label": lab, "owner": owner, "split": split} for k, lab, _ in samples]
-        yield entry, rows
+        # index rows travel compactly: Beam sizes side inputs by walking them, which cost seconds on 60k dicts
+        keys = "\n".join(k for k, _, _ in samples)
+        labels = np.array([lab for _, lab, _ in samples], dtype="<i8").tobytes()
+        yield entry, keys, labels
 
 
 class FinalizeFn(beam.DoFn):
@@ -217,7 +222,7 @@ class FinalizeFn(beam.DoFn):
         join = (lambda rel: FileSystems.join(c.out, rel)) if "://" in c.out else (lambda rel: os.path.join(c.out, rel))
         rejected = sorted(rejected, key=lambda r: (r["split"], r["owner"], r["source"]))
         write_atomic(join(ERRORS_NAME), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected).encode())
-        entries = [ShardEntry(**e) for e, _ in written]
+        entries = [ShardEntry(**e) for e, _, _ in written]
         stats = defaultdict(lambda: {"read": 0, "written": 0, "rejected": 0, "bytes": 0})
         for (split, owner), n in read.items():
             stats[(split, owner)]["read"] += n
@@ -251,6 +256,8 @@ class FinalizeFn(beam.DoFn):
             scheme_info=self.scheme_info, jpeg_quality=c.jpeg_quality,
             jpeg_subsampling=c.jpeg_subsampling if c.encoding == "jpeg" else None,
             stats=stat_rows, source=c.source_info)
-        rows = [row for _, rs in written for row in rs]
+        rows = [{"key": k, "shard": e["path"], "label": int(lab), "owner": e["owner"], "split": e["split"]}
+                for e, keys, labels in written
+                for k, lab in zip(keys.split("\n") if keys else [], np.frombuffer(labels, "<i8"))]
         manifest.save(c.out, index=rows, write=write_atomic)
         yield manifest.to_dict()
