@@ -126,11 +126,11 @@ class Source:
         head, sep, rest = spec.partition(":")
         if sep and head in KINDS:
             kind, path = head, rest
+        if not fs.exists(path):
+            raise FileNotFoundError(f"source {path!r} does not exist")
         if kind is None:
             kind = detect_kind(path, fs)
         options = {k: v for k, v in options.items() if v is not None}
-        if not fs.exists(path):
-            raise FileNotFoundError(f"source {path!r} does not exist")
         return cls(kind=kind, path=path, fs=fs, **options)
 
     # units: independent pieces the pipeline reads in parallel, listed in a deterministic order
@@ -288,7 +288,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}  # bytes under protocol 2
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:

@@ -27,6 +27,7 @@ JPEGs with EXIF data, and CMYK/YCCK JPEGs, go through Pillow so the rules above 
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,10 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None, expect: tuple
         if arr is not None:
             return _fit(arr, size, expect)
     try:
-        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+        with warnings.catch_warnings():  # the size check below states the bomb rule; Pillow's warning is noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        with im:
             if im.width * im.height > max_pixels:
                 raise ImageRejected("decompression_bomb", f"image claims {im.width}x{im.height} pixels, over the "
                                     f"limit of {max_pixels:,}; refused before decoding")
