@@ -351,6 +351,20 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     return 0
 
 
+def construct(argv: Sequence[str]):
+    """Plan and build the pipeline for ``argv`` without running it (used to check Dataflow options)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.prepare")
+    add_arguments(parser)
+    args, beam_args = parser.parse_known_args(argv)
+    source, config, declared, scheme_info = plan(args)
+    config.progress_dir = None
+    p = make_pipeline(PipelineOptions(list(beam_args)))
+    build(p, source, config, declared, scheme_info)
+    return p
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse known args, hand the rest to Beam (the wordcount way), run, print the summary."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.prepare", description=__doc__.split("\n\n")[0])
