@@ -269,7 +269,8 @@ def _watch_progress(progress_dir: str, stop: threading.Event, quiet: bool) -> No
     """Live progress: sum the counters each worker drops in DIR/.progress (local runs only)."""
     from tqdm import tqdm
 
-    bar = tqdm(desc="prepare", unit="img", disable=quiet, dynamic_ncols=True, mininterval=0.5)
+    bar = tqdm(desc="prepare", unit="img", disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True,
+               mininterval=0.5)
     shown = 0
     while not stop.wait(0.5):
         total, rej = 0, 0
