@@ -1,0 +1,63 @@
+"""Inverse transformation network attack (ITN-Attack; Ito, Kinoshita & Kiya, as in MaungMaung & Kiya 2022).
+
+Threat model: ciphertext-only with a known data distribution. The adversary knows the algorithm, so it
+encrypts look-alike images (here: the dataset's *training* split, never the target images) under
+several keys of its own and trains a network to map ciphertext → plain. If the scheme leaks
+key-independent structure (PE's folds, block schemes' local statistics), the network learns to undo
+it and is then applied to the target's ciphertexts, encrypted under the owner's key, which it never saw.
+
+The network is a small fully convolutional residual CNN sized for a CPU run (a few seconds to a minute
+on 32×32 images); pass ``width``/``depth``/``steps`` for a larger run on a GPU. torch is imported
+lazily here only: lcrypt's core stays numpy. This is our analogue of the published learned attacks
+(SIA-GAN), not a re-implementation of them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+def inverse_network_attack(train_plain: np.ndarray, encrypt_with: Callable[[np.ndarray, int], np.ndarray],
+                           target_cipher: np.ndarray, keys: int = 4, width: int = 16, depth: int = 4,
+                           steps: int = 150, batch: int = 32, lr: float = 2e-3, seed: int = 0,
+                           device: str | None = None, threads: int | None = None) -> np.ndarray:
+    """Train on ``encrypt_with(train_plain_chunk, key_index)`` → plain pairs under ``keys`` adversary
+    keys, then reconstruct ``target_cipher``. Returns uint8 reconstructions shaped like it."""
+    import torch
+    from torch import nn
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chunks = np.array_split(np.arange(len(train_plain)), keys)
+    cipher = np.concatenate([encrypt_with(train_plain[idx], k) for k, idx in enumerate(chunks)])
+    plain = np.concatenate([train_plain[idx] for idx in chunks])
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float().div(255.0)
+    xs, ys = to_t(cipher).to(dev), to_t(plain).to(dev)
+
+    layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU()]
+    for _ in range(depth - 2):
+        layers += [nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+    layers += [nn.Conv2d(width, 3, 3, padding=1)]
+    net = nn.Sequential(*layers).to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(xs), (batch,), generator=gen).to(dev)
+        loss = nn.functional.l1_loss(net(xs[idx]), ys[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    net.eval()
+    outs: Sequence[np.ndarray] = []
+    with torch.no_grad():
+        for i in range(0, len(target_cipher), 256):
+            y = net(to_t(target_cipher[i:i + 256]).to(dev)).clamp(0, 1).mul(255).round()
+            outs.append(y.byte().permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(outs)
