@@ -54,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoding", choices=("png", "npy"), default="png",
                    help="lossless image encoding when no --jpeg-quality (default png: smaller, and timm reads it)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="samples per shard, about")
+    p.add_argument("--max-shard-mb", type=float, default=128,
+                   help="split further so no shard exceeds about this many MiB (default 128)")
     p.add_argument("--size", help="resize (cover, bicubic) and centre-crop every image to S or HxW")
     p.add_argument("--split", default="train", help="split name for sources without split folders")
     p.add_argument("--image-column", help="Parquet: image column (default image)")
@@ -142,8 +144,8 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
 
     from lcrypt.datasets import classes_from_names
     from pipelines.sources import FIELDS, ReadRecords
-    from pipelines.transforms import (AssignShardsFn, EncryptChunkFn, FinalizeFn, WriteShardFn, dead_letter_reads,
-                                      dead_letter_rows)
+    from pipelines.transforms import (AssignShardsFn, EncryptChunkFn, FinalizeFn, WriteShardFn, add_pairs,
+                                      dead_letter_reads, dead_letter_rows)
 
     chunks = p | "ReadRecords" >> ReadRecords(source, config.chunk, config.read_parts)
     ci = FIELDS.index("class_name")
@@ -165,10 +167,11 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
                 | "AllRejected" >> beam.Flatten())
     read_counts = ((read, bad | "DeadLetterReads" >> beam.FlatMap(dead_letter_reads))
                    | "AllRead" >> beam.Flatten() | "ReadPerGroup" >> beam.CombinePerKey(sum))
-    written_counts = (samples | "CountSamples" >> beam.Map(lambda kv: (kv[0], len(kv[1])))
-                      | "WrittenPerGroup" >> beam.CombinePerKey(sum))
+    totals = (samples | "CountSamples" >> beam.Map(lambda kv: (kv[0], (len(kv[1]), sum(r[4] for r in kv[1]))))
+              | "TotalsPerGroup" >> beam.CombinePerKey(add_pairs))
     written = (samples
-               | "AssignShards" >> beam.ParDo(AssignShardsFn(config.shard_size), beam.pvalue.AsDict(written_counts))
+               | "AssignShards" >> beam.ParDo(AssignShardsFn(config.shard_size, config.max_shard_bytes),
+                                              beam.pvalue.AsDict(totals))
                | "GroupShards" >> beam.GroupByKey()
                | "WriteShards" >> beam.ParDo(WriteShardFn(config.out, config.encoding)))
     _ = (p | "Once" >> beam.Create([None])
@@ -242,7 +245,8 @@ def plan(args: argparse.Namespace):
     config = PrepareConfig(
         out=str(args.out), name=name, scheme=scheme.info.name, scheme_params=dict(scheme.params), keys=keys,
         owner_globs=globs, encoding=encoding, jpeg_quality=args.jpeg_quality,
-        jpeg_subsampling=args.jpeg_subsampling, shard_size=args.shard_size, size=size,
+        jpeg_subsampling=args.jpeg_subsampling, shard_size=args.shard_size,
+        max_shard_bytes=int(args.max_shard_mb * 2**20), size=size,
         expect=None if size else shape, image_shape=[h, w, 3], max_reject_rate=args.max_reject_rate,
         source_info=source.describe(), declared_labels=declared is not None, progress_dir=progress_dir,
         chunk=args.chunk, read_parts=args.read_parts or 1)
@@ -261,7 +265,8 @@ def _check_out(out: str, overwrite: bool) -> None:
         for child in path.iterdir():  # only what prepare writes: split folders of shards and its files
             if child.is_dir() and all(f.suffix == ".tar" or f.name.startswith(".") for f in child.iterdir()):
                 shutil.rmtree(child)
-            elif child.name in ("manifest.json", "index.parquet", "_info.json", "errors.jsonl", ".progress"):
+            elif child.name in ("manifest.json", "index.parquet", "_info.json", "errors.jsonl", ".progress",
+                                ".fragments"):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
@@ -331,6 +336,7 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
             watcher.join()
         if config.progress_dir:
             shutil.rmtree(config.progress_dir, ignore_errors=True)
+            shutil.rmtree(os.path.join(config.out, ".fragments"), ignore_errors=True)  # after a failure
     wall = time.perf_counter() - t0
     from lcrypt.manifest import Manifest
 

@@ -87,6 +87,8 @@ def test_per_owner_shards_manifest_index_and_verify_agree(pooled):
         assert keys == sorted(keys) == sorted(r["key"] for r in idx if r["shard"] == s.path)
     problems, totals = verify(out, decode=True)
     assert problems == [] and totals["samples"] == 24
+    assert sorted(p.name for p in out.iterdir()) == ["_info.json", "errors.jsonl", "index.parquet", "manifest.json",
+                                                     "test", "train"]  # no fragments or progress files left
     text = json.dumps(m.to_dict()) + (out / "_info.json").read_text()
     assert "img_0" not in text and "secret" not in text  # no source names, no key material
 
@@ -121,6 +123,7 @@ def test_reject_rate_over_the_limit_fails_the_job(pooled, tmp_path, capsys):
     assert run(argv + ["--out", str(tmp_path / "strict")]) == 1
     assert "over --max-reject-rate" in capsys.readouterr().err
     assert not (tmp_path / "strict" / "manifest.json").exists()  # an incomplete folder never looks complete
+    assert not (tmp_path / "strict" / ".fragments").exists()
 
 
 @pytest.mark.parametrize("scheme", [["--scheme", "le"], ["--scheme", "etc", "--param", "block_size=4"]])
