@@ -1,0 +1,281 @@
+"""Streaming, resumable, rank-disjoint reading of a published lcrypt dataset (shards + manifest).
+
+The format comes from :mod:`lcrypt.shards` and :mod:`lcrypt.manifest`; this module only decides which
+samples each rank and worker reads (:mod:`loaders.plan`), in which order, and batches them. Stages, in
+the webdataset manner, each a small generator::
+
+    pieces of shards (plan) -> read_piece (tar members via lcrypt.shards.iter_samples, sample check)
+        -> shuffle_buffer (seeded per epoch, rank and worker) -> skip (resume) -> decode -> batch
+
+Safety: members are decoded only by :func:`lcrypt.shards.decode_sample` (PNG, NPY without pickle,
+JPEG by simplejpeg); a sample holding any other member (``.pyd``, ``.pickle``, ``.pth``...) is refused
+with :class:`~lcrypt.shards.ShardFormatError` naming the shard and member. Shard paths come from the
+manifest and must match lcrypt's shard-name rule (relative, no scheme), so no ``pipe:`` URL or absolute
+path from a manifest is ever opened. Batches are uint8 ``(B, H, W, 3)`` tensors: normalisation and
+augmentation run where the model runs (:mod:`loaders.augment`), which keeps the workers' output small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from lcrypt import shards
+from lcrypt.manifest import Manifest
+from loaders import plan as planning
+
+DEFAULT_BUFFER = 2000
+
+
+class KeyMismatchError(ValueError):
+    """The dataset's owners' key ids are not the ones the model was trained with."""
+
+
+def check_key_ids(manifest: Manifest, expected: Sequence[str] | None, what: str = "the model") -> None:
+    """Refuse a dataset encrypted under keys other than ``expected`` (a model is useless across keys)."""
+    if expected is None:
+        return
+    have = sorted(o.key_id for o in manifest.owners)
+    if sorted(expected) != have:
+        raise KeyMismatchError(
+            f"dataset {manifest.name!r} is encrypted with key ids {have}, but {what} was trained on key ids "
+            f"{sorted(expected)}: a model learned under one owner's key does not work on another's; use the "
+            "dataset prepared with the same key, or train a new model on this one")
+
+
+def resolve_shard(base: str, rel: str) -> str:
+    """Local path or fsspec URL of a shard; refuses names outside lcrypt's shard-name rule."""
+    shards.parse_shard_path(rel)  # ValueError for '..', absolute paths, 'pipe:' and anything else
+    if base.startswith("pipe:"):
+        raise ValueError("pipe: URLs are never opened (they run a shell command); give a path or fsspec URL")
+    return f"{base.rstrip('/')}/{rel}"
+
+
+def open_bytes(url: str) -> bytes:
+    """All bytes of a shard, local or via fsspec (gs://, s3://, ...)."""
+    if "://" in url and not url.startswith("file://"):
+        import fsspec
+
+        with fsspec.open(url, "rb") as f:
+            return f.read()
+    return Path(url.removeprefix("file://")).read_bytes()
+
+
+def load_manifest(path: str | os.PathLike) -> tuple[Manifest, str]:
+    """``(manifest, base folder)`` from a manifest.json path or the dataset folder (local or fsspec)."""
+    text = str(path)
+    if "://" in text and not text.startswith("file://"):
+        import json
+
+        import fsspec
+
+        url = text if text.endswith(".json") else text.rstrip("/") + "/manifest.json"
+        with fsspec.open(url, "rt") as f:
+            return Manifest.from_dict(json.load(f)), url.rsplit("/", 1)[0]
+    p = Path(text.removeprefix("file://"))
+    m = Manifest.load(p)
+    return m, str(p if p.is_dir() else p.parent)
+
+
+ALLOWED_EXTS = frozenset({shards.LABEL_EXT, *shards.EXT_ENCODING})
+
+
+def check_sample(sample: Mapping[str, Any], url: str) -> None:
+    """A sample must be exactly one label member plus one image member of lcrypt's types."""
+    extra = sorted(k for k in sample if not k.startswith("__") and k not in ALLOWED_EXTS)
+    if extra:
+        raise shards.ShardFormatError(
+            f"{url}: sample {sample.get('__key__')!r} holds member(s) .{', .'.join(extra)} which lcrypt "
+            "shards never contain; refusing it (pickles and other types are never decoded). Re-create the "
+            "dataset with `lcrypt prepare`")
+
+
+def read_piece(data: bytes, url: str, piece: planning.Piece, expected_count: int | None = None
+               ) -> Iterator[dict]:
+    """Raw samples ``start..stop`` of one shard's bytes (members checked, nothing decoded)."""
+    i = 0
+    for sample in shards.iter_samples(io.BytesIO(data), url=url):
+        check_sample(sample, url)
+        if piece.start <= i < piece.stop:
+            yield sample
+        i += 1
+        if i >= piece.stop and expected_count is None:
+            return
+    if expected_count is not None and i != expected_count:
+        raise shards.ShardFormatError(f"{url}: holds {i} samples but the manifest says {expected_count}; "
+                                      "the dataset folder is damaged (run `lcrypt verify`)")
+    if i < piece.stop:
+        raise shards.ShardFormatError(f"{url}: holds {i} samples, fewer than planned ({piece.stop})")
+
+
+def shuffle_buffer(samples: Iterator[dict], size: int, rng: np.random.Generator | None) -> Iterator[dict]:
+    """webdataset's reservoir shuffle, with an explicit generator so a resumed epoch replays it exactly."""
+    if rng is None or size <= 1:
+        yield from samples
+        return
+    buf: list[dict] = []
+    for s in samples:
+        if len(buf) < size:
+            buf.append(s)
+            continue
+        j = int(rng.integers(len(buf)))
+        buf[j], s = s, buf[j]
+        yield s
+    order = rng.permutation(len(buf))
+    for j in order:
+        yield buf[j]
+
+
+def decode_batch(samples: list[dict]) -> dict[str, Any]:
+    """Decode samples with lcrypt.shards (safe decoders only) into a uint8 batch."""
+    import torch
+
+    images, labels = zip(*(shards.decode_sample(s) for s in samples))
+    return {"image": torch.from_numpy(np.stack(images)), "label": torch.tensor(labels, dtype=torch.int64),
+            "key": [s["__key__"] for s in samples]}
+
+
+class ShardDataset:
+    """An ``IterableDataset`` of uint8 batches of one split, planned per rank and worker.
+
+    Use with ``torch.utils.data.DataLoader(ds, batch_size=None, num_workers=W)`` (see
+    :func:`make_loader`). Call :meth:`set_epoch` before each epoch (and with ``start_step`` to resume
+    mid-epoch); ``len(ds)`` is the number of batches this rank yields, equal on every rank.
+    """
+
+    def __init__(self, manifest: str | os.PathLike, split: str = "train", batch_size: int = 128,
+                 rank: int = 0, world: int = 1, num_workers: int = 0, shuffle: bool = True, seed: int = 0,
+                 buffer: int = DEFAULT_BUFFER, drop_last: bool = True, cover_all: bool = False,
+                 owner: str | None = None, verify_sha256: bool = False,
+                 expect_key_ids: Sequence[str] | None = None):
+        self.manifest, self.base = load_manifest(manifest)
+        check_key_ids(self.manifest, expect_key_ids)
+        self.split, self.batch_size = split, int(batch_size)
+        self.rank, self.world, self.num_workers = int(rank), int(world), max(1, int(num_workers))
+        self.shuffle, self.seed, self.buffer = shuffle, int(seed), int(buffer)
+        self.drop_last, self.cover_all, self.verify_sha256 = drop_last, cover_all, verify_sha256
+        self.entries = self.manifest.shards_for(split, owner)
+        if not self.entries:
+            raise ValueError(f"split {split!r} has no shards in {self.base}")
+        self.urls = [resolve_shard(self.base, e.path) for e in self.entries]
+        self.counts = [e.count for e in self.entries]
+        self.epoch, self.start_step = 0, 0
+
+    # -- planning -------------------------------------------------------------------------------
+    def plan(self, epoch: int | None = None) -> planning.EpochPlan:
+        return planning.plan_epoch(self.counts, self.batch_size, self.rank, self.world, self.num_workers,
+                                   self.seed, self.epoch if epoch is None else epoch, self.shuffle,
+                                   self.drop_last, self.cover_all)
+
+    def __len__(self) -> int:
+        return self.plan().num_batches
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.counts)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Select the epoch (shuffle seed) and the output step to start from (resume)."""
+        self.epoch, self.start_step = int(epoch), int(start_step)
+
+    def state_dict(self, steps_done: int) -> dict[str, int]:
+        """The loader position a checkpoint stores: epoch, steps and samples this rank consumed."""
+        return {"epoch": self.epoch, "step": int(steps_done), "sample": int(steps_done) * self.batch_size,
+                "num_workers": self.num_workers, "world": self.world}
+
+    # -- reading --------------------------------------------------------------------------------
+    def _shard_bytes(self, index: int) -> bytes:
+        data = open_bytes(self.urls[index])
+        if self.verify_sha256:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != self.entries[index].sha256:
+                raise shards.ShardFormatError(
+                    f"{self.urls[index]}: sha256 {digest} does not match the manifest's "
+                    f"{self.entries[index].sha256}; the shard was altered or damaged (run `lcrypt verify`)")
+        return data
+
+    def worker_samples(self, plan: planning.EpochPlan, worker: int) -> Iterator[dict]:
+        """Raw samples of one worker's pieces, in order, buffer-shuffled when training."""
+        wp = plan.workers[worker]
+
+        def raw():
+            for piece in wp.pieces:
+                full = piece.start == 0 and piece.stop == self.counts[piece.shard]
+                yield from read_piece(self._shard_bytes(piece.shard), self.urls[piece.shard], piece,
+                                      self.counts[piece.shard] if full else None)
+
+        rng = (np.random.default_rng([self.seed, plan.epoch, plan.rank, worker, 0xB0FF])
+               if self.shuffle else None)
+        return shuffle_buffer(raw(), self.buffer, rng)
+
+    def iter_worker(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        if num_workers != self.num_workers:
+            raise RuntimeError(f"ShardDataset was planned for {self.num_workers} workers but runs in "
+                               f"{num_workers}; pass the same num_workers to ShardDataset and DataLoader")
+        plan = self.plan()
+        wp = plan.workers[worker]
+        skip = planning.consumed_batches(self.start_step, worker, num_workers)
+        batch: list[dict] = []
+        done = 0
+        remaining = wp.num_samples
+        for i, sample in enumerate(self.worker_samples(plan, worker)):
+            b = i // self.batch_size
+            if b < skip:  # resume: replay the stream without decoding what was consumed
+                continue
+            batch.append(sample)
+            if len(batch) == self.batch_size or i == remaining - 1:
+                yield decode_batch(batch)
+                batch = []
+                done += 1
+        if done + skip != wp.num_batches and skip <= wp.num_batches:
+            raise RuntimeError(f"worker {worker} yielded {done + skip} batches, planned {wp.num_batches}")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import torch.utils.data
+
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            if self.num_workers != 1:
+                # in-process iteration of a multi-worker plan: interleave the workers like DataLoader does
+                return self._interleave()
+            return self.iter_worker(0, 1)
+        return self.iter_worker(info.id, info.num_workers)
+
+    def _interleave(self) -> Iterator[dict[str, Any]]:
+        its = [self.iter_worker(w, self.num_workers) for w in range(self.num_workers)]
+        live = set(range(self.num_workers))
+        while live:
+            for w in range(self.num_workers):
+                if w in live:
+                    try:
+                        yield next(its[w])
+                    except StopIteration:
+                        live.discard(w)
+
+
+def make_dataset_class():
+    """ShardDataset as a torch IterableDataset (torch imported lazily: lcrypt users may not have it)."""
+    import torch.utils.data
+
+    class _ShardIterable(ShardDataset, torch.utils.data.IterableDataset):
+        pass
+
+    return _ShardIterable
+
+
+def make_loader(manifest: str | os.PathLike, split: str, batch_size: int, *, rank: int = 0, world: int = 1,
+                num_workers: int = 0, pin_memory: bool = False, **kwargs: Any):
+    """``(DataLoader, dataset)`` over :class:`ShardDataset` with batches made inside the workers."""
+    import torch.utils.data
+
+    ds = make_dataset_class()(manifest, split, batch_size, rank=rank, world=world, num_workers=num_workers,
+                              **kwargs)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                                         prefetch_factor=4 if num_workers else None,
+                                         persistent_workers=False)
+    return loader, ds

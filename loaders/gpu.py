@@ -1,0 +1,105 @@
+"""GPU-resident mode: read a split's shards once, keep the uint8 images on the device, batch there.
+
+Why: a patch-1 ConvMixer or a CIFAR ResNet-18 on an H100 consumes tens of thousands of images per
+second; per-image tar streaming and decoding on CPU cannot feed that, and CIFAR-10 is only 184 MB as
+uint8 (Imagenette at 224 about 1.4 GB). The airbench recipe: the whole dataset lives on the GPU and an
+epoch is an index permutation. Every rank holds all images and draws the same permutation, seeded by
+(seed, epoch), then takes its own equal slice, so ranks stay disjoint and in step (same batch count)
+exactly as in :mod:`loaders.plan`; resuming skips whole steps of the same permutation.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from lcrypt import shards
+from loaders.dataset import check_sample, load_manifest, open_bytes, resolve_shard, check_key_ids
+
+
+def read_split(manifest: str | os.PathLike, split: str, owner: str | None = None, threads: int = 8,
+               expect_key_ids: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """All ``(images uint8 (N, H, W, 3), labels int64, keys)`` of a split, in manifest shard order."""
+    m, base = load_manifest(manifest)
+    check_key_ids(m, expect_key_ids)
+    entries = m.shards_for(split, owner)
+
+    def one(entry) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        url = resolve_shard(base, entry.path)
+        imgs, labels, keys = [], [], []
+        import io
+
+        for sample in shards.iter_samples(io.BytesIO(open_bytes(url)), url=url):
+            check_sample(sample, url)
+            img, label = shards.decode_sample(sample)
+            imgs.append(img)
+            labels.append(label)
+            keys.append(sample["__key__"])
+        if len(imgs) != entry.count:
+            raise shards.ShardFormatError(f"{url}: holds {len(imgs)} samples, manifest says {entry.count}")
+        return np.stack(imgs), np.asarray(labels, dtype=np.int64), keys
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        parts = list(pool.map(one, entries))
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            [k for p in parts for k in p[2]])
+
+
+class GPUResident:
+    """Batches ``{"image": uint8 (B, H, W, 3), "label": int64}`` from device memory, per rank."""
+
+    def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, batch_size: int,
+                 device: str | torch.device = "cuda", rank: int = 0, world: int = 1, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = True, cover_all: bool = False):
+        self.images = torch.as_tensor(images).to(device, non_blocking=True)
+        self.labels = torch.as_tensor(labels).to(device, non_blocking=True)
+        self.batch_size, self.rank, self.world = int(batch_size), int(rank), int(world)
+        self.shuffle, self.seed, self.drop_last, self.cover_all = shuffle, int(seed), drop_last, cover_all
+        self.epoch, self.start_step = 0, 0
+
+    @classmethod
+    def from_manifest(cls, manifest: str | os.PathLike, split: str, batch_size: int, **kwargs: Any
+                      ) -> "GPUResident":
+        expect = kwargs.pop("expect_key_ids", None)
+        images, labels, _ = read_split(manifest, split, expect_key_ids=expect)
+        return cls(images, labels, batch_size, **kwargs)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.labels.shape[0])
+
+    def indices(self, epoch: int | None = None) -> torch.Tensor:
+        """This rank's sample indices for an epoch: one seeded permutation, sliced by rank."""
+        from loaders.plan import rank_range
+
+        n = self.num_samples
+        if self.shuffle:
+            g = torch.Generator().manual_seed(int(np.random.SeedSequence(
+                [self.seed, self.epoch if epoch is None else epoch, 0x6A7]).generate_state(1)[0]))
+            perm = torch.randperm(n, generator=g)
+        else:
+            perm = torch.arange(n)
+        lo, hi = rank_range(n, self.rank, self.world, self.cover_all)
+        if self.drop_last and not self.cover_all:
+            hi -= (hi - lo) % self.batch_size
+        return perm[lo:hi].to(self.images.device)
+
+    def __len__(self) -> int:
+        return -(-len(self.indices()) // self.batch_size)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = int(epoch), int(start_step)
+
+    def state_dict(self, steps_done: int) -> dict[str, int]:
+        return {"epoch": self.epoch, "step": int(steps_done), "sample": int(steps_done) * self.batch_size,
+                "num_workers": 0, "world": self.world}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        idx = self.indices()
+        for s in range(self.start_step * self.batch_size, len(idx), self.batch_size):
+            take = idx[s:s + self.batch_size]
+            yield {"image": self.images[take], "label": self.labels[take], "index": take}

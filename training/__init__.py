@@ -1,0 +1,1 @@
+"""Training and inference on encrypted datasets (torchrun DDP, timm models, adaptation networks)."""

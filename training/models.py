@@ -1,0 +1,82 @@
+"""Model registry: the papers' backbones, built from timm, with optional adaptation networks in front.
+
+``create_model(name, num_classes, image_size, block_size, adapt=..., **kw)``, timm-style:
+
+* ``convmixer`` — timm's ConvMixer of any ``width``/``depth``/``patch``/``kernel`` (Trockman & Kolter; the
+  EtC paper uses 256/8 patch 1 kernel 9 on CIFAR-10 and 384/8 patch 4 kernel 9 on Imagenette);
+* ``vit`` — timm's VisionTransformer with patch size = the scheme's block size (EtC paper, sec. III-C:
+  patch embedding absorbs a block-wise cipher only when patches and blocks coincide);
+* ``resnet18`` — timm's ResNet-18 with a CIFAR stem (3×3 stride-1 first conv, no max-pool) for small
+  images, as in Sirichotedumrong et al.;
+* ``adapt="pe"`` / ``adapt="block"`` put :mod:`training.adaptation`'s networks in front of any of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from training.adaptation import Adapted, BlockAdaptation, PEAdaptation
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        _MODELS[name] = fn
+        return fn
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+@register("convmixer")
+def convmixer(num_classes: int, image_size: int, block_size: int | None = None, width: int = 256,
+              depth: int = 8, patch: int = 1, kernel: int = 9, **_: Any) -> nn.Module:
+    from timm.models.convmixer import ConvMixer
+
+    return ConvMixer(dim=width, depth=depth, kernel_size=kernel, patch_size=patch, num_classes=num_classes)
+
+
+@register("vit")
+def vit(num_classes: int, image_size: int, block_size: int | None = None, width: int = 192, depth: int = 6,
+        patch: int | None = None, heads: int | None = None, **_: Any) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    patch = patch or block_size or 4
+    if image_size % patch:
+        raise ValueError(f"ViT patch size {patch} does not divide the image size {image_size}")
+    return VisionTransformer(img_size=image_size, patch_size=patch, embed_dim=width, depth=depth,
+                             num_heads=heads or max(1, width // 64), num_classes=num_classes)
+
+
+@register("resnet18")
+def resnet18(num_classes: int, image_size: int, block_size: int | None = None, **_: Any) -> nn.Module:
+    import timm
+
+    model = timm.create_model("resnet18", num_classes=num_classes, pretrained=False)
+    if image_size <= 64:  # CIFAR stem
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    return model
+
+
+def create_model(name: str, num_classes: int, image_size: int, block_size: int | None = None,
+                 adapt: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build ``name`` for ``num_classes`` and square ``image_size``, with an optional adaptation network."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    backbone = _MODELS[name](num_classes=num_classes, image_size=image_size, block_size=block_size, **kwargs)
+    if adapt in (None, "", "none"):
+        return backbone
+    if adapt == "pe":
+        return Adapted(PEAdaptation(), backbone)
+    if adapt == "block":
+        if not block_size:
+            raise ValueError("--adapt block needs a block-wise scheme (the manifest's block size is empty)")
+        return Adapted(BlockAdaptation(block_size), backbone)
+    raise ValueError(f"unknown adaptation {adapt!r}; choose none, pe or block")
