@@ -27,10 +27,44 @@ CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "ret
 MARKER = ".lcrypt-demo"
 
 
-def sample_photos() -> dict[str, np.ndarray]:
-    """The RGB photos bundled with scikit-image (read from its package folder, never downloaded)."""
-    import skimage.data
+def synthetic_photos(size: int = 256) -> dict[str, np.ndarray]:
+    """Fallback without scikit-image: per class a canvas of one kind of drawn shape (circles, boxes,
+    triangles, stripes...); the class folders keep the photo names so the rest of the demo is unchanged."""
+    from PIL import ImageDraw
 
+    rng = np.random.default_rng(1)
+    photos = {}
+    for cls in CLASSES:
+        im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        d = ImageDraw.Draw(im)
+        kind = CLASSES.index(cls)
+        for _ in range(40):
+            x, y = (int(v) for v in rng.integers(0, size, 2))
+            r = int(rng.integers(6, 30))
+            color = tuple(int(v) for v in rng.integers(0, 256, 3))
+            if kind == 0:
+                d.ellipse([x - r, y - r, x + r, y + r], fill=color)
+            elif kind == 1:
+                d.rectangle([x - r, y - r, x + r, y + r], fill=color)
+            elif kind == 2:
+                d.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=color)
+            elif kind == 3:
+                d.line([(x - 3 * r, y), (x + 3 * r, y)], fill=color, width=max(2, r // 3))
+            elif kind == 4:
+                d.line([(x, y - 3 * r), (x, y + 3 * r)], fill=color, width=max(2, r // 3))
+            else:
+                d.ellipse([x - r, y - r, x + r, y + r], outline=color, width=3)
+        photos[cls] = np.asarray(im)
+    return photos
+
+
+def sample_photos() -> dict[str, np.ndarray]:
+    """The RGB photos bundled with scikit-image (read from its package folder, never downloaded);
+    drawn shapes when scikit-image is not installed."""
+    try:
+        import skimage.data
+    except ImportError:
+        return synthetic_photos()
     folder = Path(skimage.data.__file__).parent
     photos = {}
     for name in CLASSES:
