@@ -247,7 +247,18 @@ def known_plaintext_attack(scheme, plain: np.ndarray, cipher: np.ndarray) -> Key
 
 PAIRS_NEEDED = {"pe": 1, "cpbe": 1, "plain": 1, "etc": 1, "block-shuffle": 3, "le": 8, "ele": 8,
                 "catmap": 3, "ahmad-diffusion": 4}
-"""Known pairs each attack is given in the report (the fewest that recover nearly all of the key here)."""
+"""Known pairs each attack is given on 32×32 images (the fewest that recover nearly all of the key)."""
+
+
+def pairs_needed(name: str, shape: tuple[int, int, int]) -> int:
+    """Pairs for the signature attack to single out positions: its K−1 differences must carry more
+    bits than log2(positions) (+6 bits of margin for flat regions); one pair where one suffices."""
+    base = PAIRS_NEEDED[name]
+    if name not in ("block-shuffle", "le", "ele", "catmap"):
+        return base
+    positions = int(np.prod(shape)) * (2 if name in ("le", "ele") else 1)
+    bits = 4 if name in ("le", "ele") else 8
+    return max(base, 1 + int(np.ceil((np.log2(positions) + 6) / bits)))
 
 
 def chosen_plaintext_attack(scheme, encrypt: Callable[[np.ndarray], np.ndarray],
