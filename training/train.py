@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--clip-grad", type=float, default=0.0, help="clip the gradient norm to this (0 = off)")
     a("--ema", type=float, default=0.0, help="EMA decay of the weights evaluated (0 = off), e.g. 0.999")
     a("--compile", action="store_true", help="torch.compile the model")
-    a("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    a("--no-amp", action="store_true", help="no bf16 autocast on CUDA (float32 with TF32 matmuls)")
+    a("--memory-format", default="auto", choices=("auto", "channels_last", "contiguous"),
+      help="activation layout (auto: channels_last on CUDA, contiguous on CPU)")
     a("--gpu-resident", action="store_true", help="read the splits once and keep them on the device")
     a("--workers", type=int, default=None, help="DataLoader workers per process (default 4 on CUDA, 0 on CPU)")
     a("--shuffle-buffer", type=int, default=2000)
@@ -248,7 +250,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     model_kw = {k: getattr(args, k) for k in ("width", "depth", "patch", "kernel")}
     model = create_model(args.model, manifest.num_classes, manifest.image_shape[0], block, adapt=args.adapt,
                          **model_kw).to(device)
-    if cuda:
+    channels_last = args.memory_format == "channels_last" or (cuda and args.memory_format == "auto")
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     raw = model
     from timm.optim import param_groups_weight_decay
@@ -338,7 +341,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for batch in train_loader:
-            x = normalize(batch["image"].to(device, non_blocking=True), channels_last=cuda)
+            x = normalize(batch["image"].to(device, non_blocking=True), channels_last=channels_last)
             y = batch["label"].to(device, non_blocking=True)
             gen.manual_seed((args.seed * 1_000_003 + global_step) * 1009 + rank)
             x, target = augment(x, y, gen, np_seed=(args.seed, global_step, rank))
@@ -387,7 +390,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                "images_per_s": train_images / max(train_time, 1e-9), "wall_s": time.perf_counter() - t_start}
         sync_buffers(raw, *([ema.module] if ema is not None else []))
         if test_loader is not None:
-            ev = evaluate(ema.module if ema is not None else raw, test_loader, test_ds, device, amp, cuda)
+            ev = evaluate(ema.module if ema is not None else raw, test_loader, test_ds, device, amp, channels_last)
             row.update(test_top1=ev["top1"], test_loss=ev["loss"], test_count=ev["count"])
         results.append(row)
         log_line(row)
