@@ -11,7 +11,7 @@ the manifest as ``scheme_info``): this module reads those two fields and keeps n
 * ``mixup`` / ``cutmix`` are timm's :class:`timm.data.Mixup`, with CutMix boxes snapped to the grid so a
   pasted region is made of whole blocks.
 
-Normalisation is ``x / 127.5 - 1`` (mean 0.5, std 0.5 on every channel): Tanaka/EtC's
+Normalisation is ``(2p - 255) / 255`` = ``p / 127.5 - 1`` (mean 0.5, std 0.5 on every channel): Tanaka/EtC's
 negative-positive transform ``255 - p`` then becomes exactly ``-x`` (EtC paper, eq. 7), and the zero
 padding of shifted images is that transform's fixed point.
 
@@ -31,7 +31,8 @@ import torch
 def normalize(images: torch.Tensor, channels_last: bool = False, dtype: torch.dtype = torch.float32
               ) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1] (mean 0.5, std 0.5 per channel)."""
-    x = images.permute(0, 3, 1, 2).to(dtype).div_(127.5).sub_(1.0)
+    # (2p - 255) / 255: the integer part is exact, so 255 - p maps to exactly -x (one rounding, symmetric)
+    x = images.permute(0, 3, 1, 2).to(dtype).mul_(2.0).sub_(255.0).div_(255.0)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 

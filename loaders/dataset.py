@@ -244,10 +244,13 @@ class ShardDataset:
                 # in-process iteration of a multi-worker plan: interleave the workers like DataLoader does
                 return self._interleave()
             return self.iter_worker(0, 1)
-        return self.iter_worker(info.id, info.num_workers)
+        # DataLoader always starts its round robin at worker 0; after resuming at step s, the plan's
+        # step s belongs to plan worker s % W, so DataLoader worker i plays plan worker (i + s) % W.
+        return self.iter_worker((info.id + self.start_step) % info.num_workers, info.num_workers)
 
     def _interleave(self) -> Iterator[dict[str, Any]]:
-        its = [self.iter_worker(w, self.num_workers) for w in range(self.num_workers)]
+        its = [self.iter_worker((w + self.start_step) % self.num_workers, self.num_workers)
+               for w in range(self.num_workers)]
         live = set(range(self.num_workers))
         while live:
             for w in range(self.num_workers):
