@@ -64,12 +64,26 @@ class PrepareConfig:
     progress_dir: str | None = None
     chunk: int = 256
     read_parts: int = 1
+    isolate_decoders: bool = True  # EncryptChunkFn runs in a subprocess: a decoder crash rejects, not kills
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Local: temp file + fsync + rename. Other file systems: Beam create to a temp name + rename."""
+def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
+    """Local: temp file + fsync + rename. Other file systems: Beam create to a temp name + rename.
+
+    ``durable=False`` skips the fsync, for the pipeline's own scratch files (fragments): they are
+    rewritten by a retried bundle and deleted at the end, so a crash can only lose work, never leave
+    a half-written file under the final name. (cProfile of a CIFAR-10 run: 0.3 s of 7.7 s in fsync,
+    nearly all of it on the 235 fragments.)
+    """
     if "://" not in path:
-        shards.atomic_write(path, data)
+        if durable:
+            shards.atomic_write(path, data)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
         return
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     with FileSystems.create(tmp) as f:
@@ -84,7 +98,8 @@ class EncryptChunkFn(beam.DoFn):
     Outputs: main ``((split, owner), [(key, label, image_bytes), ...])``; ``rejected`` dicts
     ``{source, split, owner, reason}``; ``read`` ``((split, owner), n)``. Decoding errors are rejected
     per record here; anything that escapes (a bug, a decoder crash) fails the whole chunk into Beam's
-    dead-letter output (``with_exception_handling``), where every record of it is rejected.
+    dead-letter output (``with_exception_handling``); pipelines.prepare retries such a chunk one record
+    at a time and rejects the records that fail again.
     """
 
     def __init__(self, config: PrepareConfig):
@@ -146,7 +161,7 @@ class EncryptChunkFn(beam.DoFn):
                     blob.append(data)
                     offset += len(data)
                 out.append((group, refs))
-            write_atomic(self._join(FRAGMENTS, name), b"".join(blob))
+            write_atomic(self._join(FRAGMENTS, name), b"".join(blob), durable=False)
             yield from out
         for row in rejected:
             yield beam.pvalue.TaggedOutput("rejected", row)
@@ -188,7 +203,9 @@ def fragment_name(chunk) -> str:
 def dead_letter_rows(bad) -> Iterator[dict]:
     """Beam's dead letter ``(chunk, (exc_type, exc, traceback))`` -> one rejection per record of the chunk."""
     chunk, err = bad
-    reason = f"chunk_failed: {err[0].__name__ if isinstance(err, tuple) else type(err).__name__}"
+    kind = err[0].__name__ if isinstance(err, tuple) else type(err).__name__
+    reason = ("decoder_crashed: the process decoding this record died" if kind == "BrokenProcessPool"
+              else f"failed: {kind}")
     for t in chunk:
         r = tuple_record(t)
         yield {"source": r.source_id, "split": r.split or NO_SPLIT, "owner": NO_OWNER, "reason": reason,

@@ -126,6 +126,34 @@ def test_reject_rate_over_the_limit_fails_the_job(pooled, tmp_path, capsys):
     assert not (tmp_path / "strict" / ".fragments").exists()
 
 
+def test_a_record_that_kills_its_decoder_is_rejected_and_its_chunk_still_written(tmp_path, monkeypatch):
+    """use_subprocess turns a hard crash into a dead letter; the failed chunk is retried record by record."""
+    import os
+    import signal
+
+    import pipelines.transforms as transforms
+
+    truth = make_imagefolder(tmp_path / "src", per_class=2, splits=("train",))
+    poison = "train/dog/img_002.png"
+    real_decode = transforms.decode_record
+
+    def decode_or_die(record, **kw):
+        if record.source_id == poison:
+            os.kill(os.getpid(), signal.SIGKILL)  # what a segfaulting decoder looks like to Beam
+        return real_decode(record, **kw)
+
+    monkeypatch.setattr(transforms, "decode_record", decode_or_die)  # the decoder subprocess is forked
+    Key.generate("solo").save(tmp_path / "solo.key")
+    argv = ["--source", str(tmp_path / "src"), *SCHEME, "--keys", str(tmp_path / "solo.key"), "--out",
+            str(tmp_path / "out"), "--chunk", "3", "--max-reject-rate", "0.5", "--quiet"]
+    assert run(argv) == 0
+    rows = [json.loads(l) for l in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert [(r["source"], r["reason"].split(":")[0]) for r in rows] == [(poison, "decoder_crashed")]
+    m = Manifest.load(tmp_path / "out")
+    assert sum(s.count for s in m.shards) == len(truth) - 1          # the poison's chunk-mates are written
+    assert sum(s["read"] for s in m.stats) == len(truth) == sum(s["written"] + s["rejected"] for s in m.stats)
+
+
 @pytest.mark.parametrize("scheme", [["--scheme", "le"], ["--scheme", "etc", "--param", "block_size=4"]])
 def test_jpeg_is_refused_before_any_work_for_incompatible_schemes(pooled, tmp_path, capsys, scheme):
     argv = ["--source", str(pooled["root"] / "src"), *scheme, "--keys", str(pooled["root"] / "alice.key"),
