@@ -6,8 +6,11 @@ several keys of its own and trains a network to map ciphertext → plain. If the
 key-independent structure (PE's folds, block schemes' local statistics), the network learns to undo
 it and is then applied to the target's ciphertexts, encrypted under the owner's key, which it never saw.
 
-The network is a small fully convolutional residual CNN sized for a CPU run (a few seconds to a minute
-on 32×32 images); pass ``width``/``depth``/``steps`` for a larger run on a GPU. torch is imported
+The network is a small fully convolutional CNN sized for a CPU run (a few seconds to a minute on
+32×32 images); pass ``width``/``depth``/``steps`` for a larger run on a GPU. Large images (224×224)
+train on random ``crop``×``crop`` windows of the pairs, at offsets that are multiples of ``align`` (16,
+a multiple of every block size of the schemes, so a window keeps whole blocks), and the trained network,
+being fully convolutional, is applied to the whole target images. torch is imported
 lazily here only: lcrypt's core stays numpy. This is our analogue of the published learned attacks
 (SIA-GAN), not a re-implementation of them.
 """
@@ -22,9 +25,11 @@ import numpy as np
 def inverse_network_attack(train_plain: np.ndarray, encrypt_with: Callable[[np.ndarray, int], np.ndarray],
                            target_cipher: np.ndarray, keys: int = 4, width: int = 16, depth: int = 4,
                            steps: int = 150, batch: int = 32, lr: float = 2e-3, seed: int = 0,
-                           device: str | None = None, threads: int | None = None) -> np.ndarray:
+                           device: str | None = None, threads: int | None = None, crop: int = 64,
+                           align: int = 16) -> np.ndarray:
     """Train on ``encrypt_with(train_plain_chunk, key_index)`` → plain pairs under ``keys`` adversary
-    keys, then reconstruct ``target_cipher``. Returns uint8 reconstructions shaped like it."""
+    keys (on ``crop``-pixel windows when the images are larger), then reconstruct ``target_cipher``.
+    Returns uint8 reconstructions shaped like it."""
     import torch
     from torch import nn
 
@@ -47,9 +52,14 @@ def inverse_network_attack(train_plain: np.ndarray, encrypt_with: Callable[[np.n
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     net.train()
+    h, w = xs.shape[2:]
+    ch, cw = min(crop, h), min(crop, w)
     for _ in range(steps):
         idx = torch.randint(0, len(xs), (batch,), generator=gen).to(dev)
-        loss = nn.functional.l1_loss(net(xs[idx]), ys[idx])
+        y0 = int(torch.randint(0, (h - ch) // align + 1, (1,), generator=gen)) * align
+        x0 = int(torch.randint(0, (w - cw) // align + 1, (1,), generator=gen)) * align
+        win = (slice(None), slice(None), slice(y0, y0 + ch), slice(x0, x0 + cw))
+        loss = nn.functional.l1_loss(net(xs[idx][win]), ys[idx][win])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
