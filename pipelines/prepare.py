@@ -64,9 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-reject-rate", type=float, default=0.01,
                    help="fail when more than this fraction of records is rejected (default 0.01)")
     p.add_argument("--isolate-decoders", action=argparse.BooleanOptionalAction, default=True,
-                   help="decode and encrypt in a subprocess (Beam's use_subprocess), so an image that crashes "
-                   "a decoder is rejected instead of killing the job (default on; --no-isolate-decoders "
-                   "saves the process hop)")
+                   help="decode in a forked subprocess, so an image that crashes a decoder is rejected instead "
+                   "of killing the job (default on; --no-isolate-decoders saves the process hop)")
     p.add_argument("--chunk", type=int, default=256, help="records per pipeline element (default 256)")
     p.add_argument("--read-parts", type=int, help="read a single archive as this many parallel parts "
                    "(default: --direct_num_workers, or 1; on Dataflow about the number of worker cores)")
@@ -162,23 +161,17 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
                  | "DistinctClasses" >> beam.Distinct()
                  | "AllClasses" >> beam.combiners.ToList()
                  | "SortClasses" >> beam.Map(classes_from_names))
-    def encrypt():
-        # Beam's dead-letter machinery: an exception that escapes a chunk (or, with use_subprocess, a
-        # decoder that kills its process) sends the chunk to the "bad" output instead of failing the job.
-        # threshold=1.0: the reject-rate check is per record, in Finalize (--max-reject-rate).
-        return (beam.ParDo(EncryptChunkFn(config), beam.pvalue.AsSingleton(names))
-                .with_outputs("rejected", "read", main="samples")
-                .with_exception_handling(threshold=1.0, use_subprocess=config.isolate_decoders))
-
-    first = chunks | "EncryptChunks" >> encrypt()
-    # A failed chunk is retried one record per element, so one poisonous file costs only itself; what
-    # fails again goes to errors.jsonl with its reason.
-    retry = (first["bad"] | "SplitFailedChunks" >> beam.FlatMap(lambda bad: [[t] for t in bad[0]])
-             | "RetryOneByOne" >> encrypt())
-    samples = (first["samples"], retry["samples"]) | "AllSamples" >> beam.Flatten()
-    rejected = ((first["rejected"], retry["rejected"], retry["bad"] | "DeadLetterRows" >> beam.FlatMap(dead_letter_rows))
+    # Per-record rejections, decoder isolation and per-record retries of a failed chunk happen inside
+    # EncryptChunkFn; Beam's dead-letter output is the backstop for anything that still escapes a chunk.
+    # threshold=1.0: the reject-rate check is per record, in Finalize (--max-reject-rate).
+    out = (chunks
+           | "EncryptChunks" >> beam.ParDo(EncryptChunkFn(config), beam.pvalue.AsSingleton(names))
+           .with_outputs("rejected", "read", main="samples")
+           .with_exception_handling(threshold=1.0))
+    samples, rejected, read, bad = out["samples"], out["rejected"], out["read"], out["bad"]
+    rejected = ((rejected, bad | "DeadLetterRows" >> beam.FlatMap(dead_letter_rows))
                 | "AllRejected" >> beam.Flatten())
-    read_counts = ((first["read"], retry["read"], retry["bad"] | "DeadLetterReads" >> beam.FlatMap(dead_letter_reads))
+    read_counts = ((read, bad | "DeadLetterReads" >> beam.FlatMap(dead_letter_reads))
                    | "AllRead" >> beam.Flatten() | "ReadPerGroup" >> beam.CombinePerKey(sum))
     totals = (samples | "CountSamples" >> beam.Map(lambda kv: (kv[0], (len(kv[1]), sum(r[4] for r in kv[1]))))
               | "TotalsPerGroup" >> beam.CombinePerKey(add_pairs))
