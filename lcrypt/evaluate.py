@@ -7,7 +7,7 @@ first ``--limit`` images of the evaluation split (test / val), encrypted under a
 
 * ciphertext-only (COA; the adversary holds the encrypted set, knows the algorithm, and knows the data
   distribution): FR and greedy FR (Chang & Case), the jigsaw solver (EtC), the inverse network
-  (trained on the *train* split encrypted under the adversary's own keys; 32×32 datasets only on CPU);
+  (trained on the *train* split encrypted under the adversary's own keys, on 64×64 windows of larger images);
 * known / chosen plaintext (KPA / CPA): key recovery from pairs of *train* images under the owner's key,
   scored by decrypting the unseen evaluation images;
 * brute force: key-space bits;
@@ -21,6 +21,7 @@ reconstruction). Accuracy comes from docs/results.md when it has a row for the s
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -380,6 +381,11 @@ def write_report(out: Path, data: dict, command: str, accuracy: dict[str, str]) 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    missing = [m for m in ("simplejpeg", "torch") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"lcrypt evaluate: error: needs {' and '.join(missing)} (JPEG sizes, inverse network); install "
+              "them with: pip install 'lcrypt[evaluate]'", file=sys.stderr)
+        return 2
     t0 = time.time()
     out = Path(args.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
