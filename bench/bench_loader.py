@@ -6,11 +6,16 @@ Makes (once, with the real `prepare` pipeline) plain CIFAR-10 as lossless PNG sh
 (quality 90, 4:4:4) shards, then times, in one process (= one DataLoader worker's work):
 
 * ``array``    batches sliced from an in-memory uint8 numpy array (the floor: no I/O, no decoding);
-* ``tar only`` the shard reader alone (lcrypt.shards.iter_samples: tar members -> samples);
-* ``loader``   the full ShardDataset stage chain (read, member check, shuffle buffer, safe decode, batch);
-* ``2 workers`` the same through torch's DataLoader with 2 worker processes (total, both cores).
+* ``records``  the loader's shard reader alone (lcrypt.shards.iter_records: tar -> checked records);
+* ``tar dicts`` the general streaming reader (lcrypt.shards.iter_samples: one dict per sample);
+* ``loader``   the full ShardDataset stage chain (read, member check, shuffle buffer, batch decode);
+* ``dict path`` the same stages the way the loader ran them before records (iter_samples dicts,
+  check_sample, one rng draw per sample, decode_sample per image, np.stack): the side-by-side baseline;
+* ``2 workers`` the loader through torch's DataLoader with 2 worker processes (total, both cores).
 
-Target from the issue: >= 20,000 img/s per core for 32x32 JPEG.
+Target from the issue: >= 20,000 img/s per core for 32x32 JPEG. Each figure is the best of 3 runs
+(loader and dict path: best of 5, run alternately); the machine is shared, so compare columns of one
+run (ratios), not runs.
 """
 
 from __future__ import annotations
@@ -33,6 +38,19 @@ def timed(fn, repeat: int = 3) -> float:
         n = fn()
         best = min(best, time.perf_counter() - t0)
     return n / best
+
+
+def timed_side_by_side(*fns, repeat: int = 5) -> list[float]:
+    """Items/s (best of ``repeat``) of each function, run alternately so that load from other
+    processes on a shared machine hits all of them alike and their ratio stays meaningful."""
+    best = [float("inf")] * len(fns)
+    counts = [0] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            counts[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return [n / b for n, b in zip(counts, best)]
 
 
 def main(argv=None) -> int:
@@ -79,7 +97,10 @@ def main(argv=None) -> int:
                 k += len(b["label"])
             return k
 
-        def tar_only():
+        def records():
+            return sum(1 for blob in blobs for _ in shards.iter_records(blob))
+
+        def tar_dicts():
             return sum(1 for blob in blobs for _ in shards.iter_samples(io.BytesIO(blob)))
 
         def loader(workers: int):
@@ -88,14 +109,53 @@ def main(argv=None) -> int:
                 return sum(len(b["label"]) for b in dl)
             return go
 
-        r_arr, r_tar, r_load = timed(from_array), timed(tar_only), timed(loader(0))
+        def dict_path():
+            return sum(len(b["label"]) for b in dict_path_batches(blobs, args.batch, buffer=1000))
+
+        r_arr, r_rec, r_tar = timed(from_array), timed(records), timed(tar_dicts)
+        r_load, r_dict = timed_side_by_side(loader(0), dict_path)
         r_two = timed(loader(2), repeat=2)
         mb = sum(len(b) for b in blobs) / n
-        rows.append([enc, n, f"{mb:,.0f}", round(r_arr), round(r_tar), round(r_load), round(r_two),
-                     f"{r_load / r_arr:.3f}"])
-    print(format_table(rows, ["shards", "images", "bytes/img", "array img/s", "tar only img/s",
-                              "loader 1 proc img/s", "loader 2 workers img/s", "loader / array"]))
+        rows.append([enc, n, f"{mb:,.0f}", round(r_arr), round(r_rec), round(r_tar), round(r_load), round(r_dict),
+                     f"{r_load / r_dict:.2f}", round(r_two), f"{r_load / r_arr:.3f}"])
+    print(format_table(rows, ["shards", "images", "bytes/img", "array img/s", "records img/s", "tar dicts img/s",
+                              "loader 1 proc img/s", "dict path 1 proc img/s", "loader / dict path",
+                              "loader 2 workers img/s", "loader / array"]))
     return 0
+
+
+def dict_path_batches(blobs, batch: int, buffer: int, seed: int = 0):
+    """Batches made the way ShardDataset made them before it carried records (the baseline column).
+
+    Per sample: a dict from iter_samples, check_sample, one ``rng.integers`` call in the shuffle
+    buffer, one decode (JPEG: header read + allocation; PNG: Pillow, as before the zlib fast path)
+    and label parse; per batch: np.stack and torch.tensor over a Python list of labels.
+    """
+    import torch
+
+    from lcrypt import shards
+    from loaders.dataset import check_sample, shuffle_buffer
+
+    def samples():
+        for blob in blobs:
+            for sample in shards.iter_samples(io.BytesIO(blob)):
+                check_sample(sample, "")
+                yield sample
+
+    def decode(sample: dict) -> tuple[np.ndarray, int]:
+        ext, data = shards.image_member(sample)
+        if ext == "png":
+            return shards._decode_png_pillow(data), shards.decode_label(sample[shards.LABEL_EXT])
+        return shards.decode_sample(sample)
+
+    chunk: list[dict] = []
+    for sample in shuffle_buffer(samples(), buffer, np.random.default_rng(seed)):
+        chunk.append(sample)
+        if len(chunk) == batch:
+            images, labels = zip(*(decode(s) for s in chunk))
+            yield {"image": torch.from_numpy(np.stack(images)), "label": torch.tensor(labels, dtype=torch.int64),
+                   "key": [s["__key__"] for s in chunk]}
+            chunk = []
 
 
 if __name__ == "__main__":

@@ -4,11 +4,16 @@ The format comes from :mod:`lcrypt.shards` and :mod:`lcrypt.manifest`; this modu
 samples each rank and worker reads (:mod:`loaders.plan`), in which order, and batches them. Stages, in
 the webdataset manner, each a small generator::
 
-    pieces of shards (plan) -> read_piece (tar members via lcrypt.shards.iter_samples, sample check)
-        -> shuffle_buffer (seeded per epoch, rank and worker) -> skip (resume) -> decode -> batch
+    pieces of shards (plan) -> read_piece (records via lcrypt.shards.iter_records, members checked)
+        -> shuffle_buffer (seeded per epoch, rank and worker) -> skip (resume) -> batch -> decode
 
-Safety: members are decoded only by :func:`lcrypt.shards.decode_sample` (PNG, NPY without pickle,
-JPEG by simplejpeg); a sample holding any other member (``.pyd``, ``.pickle``, ``.pth``...) is refused
+A sample travels as a :data:`lcrypt.shards.Record` tuple ``(key, label bytes, ext, image bytes, url)``
+and is decoded only once its batch is complete, by :func:`lcrypt.shards.decode_records`, straight into
+one ``(B, H, W, 3)`` array: on 32x32 images the per-sample Python work, not the pixels, is what limits
+a worker (bench/bench_loader.py).
+
+Safety: members are decoded only by lcrypt.shards' decoders (PNG, NPY without pickle, JPEG by
+simplejpeg); a sample holding any other member (``.pyd``, ``.pickle``, ``.pth``...) is refused
 with :class:`~lcrypt.shards.ShardFormatError` naming the shard and member. Shard paths come from the
 manifest and must match lcrypt's shard-name rule (relative, no scheme), so no ``pipe:`` URL or absolute
 path from a manifest is ever opened. Batches are uint8 ``(B, H, W, 3)`` tensors: normalisation and
@@ -17,8 +22,9 @@ augmentation run where the model runs (:mod:`loaders.augment`), which keeps the 
 
 from __future__ import annotations
 
+import collections
 import hashlib
-import io
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -86,7 +92,10 @@ ALLOWED_EXTS = frozenset({shards.LABEL_EXT, *shards.EXT_ENCODING})
 
 
 def check_sample(sample: Mapping[str, Any], url: str) -> None:
-    """A sample must be exactly one label member plus one image member of lcrypt's types."""
+    """A dict sample (from :func:`lcrypt.shards.iter_samples`) may hold only lcrypt's member types.
+
+    The loaders themselves read :func:`lcrypt.shards.iter_records`, which applies the same rule.
+    """
     extra = sorted(k for k in sample if not k.startswith("__") and k not in ALLOWED_EXTS)
     if extra:
         raise shards.ShardFormatError(
@@ -96,13 +105,12 @@ def check_sample(sample: Mapping[str, Any], url: str) -> None:
 
 
 def read_piece(data: bytes, url: str, piece: planning.Piece, expected_count: int | None = None
-               ) -> Iterator[dict]:
-    """Raw samples ``start..stop`` of one shard's bytes (members checked, nothing decoded)."""
+               ) -> Iterator[shards.Record]:
+    """Records ``start..stop`` of one shard's bytes (every sample up to ``stop`` checked, nothing decoded)."""
     i = 0
-    for sample in shards.iter_samples(io.BytesIO(data), url=url):
-        check_sample(sample, url)
+    for record in shards.iter_records(data, url):
         if piece.start <= i < piece.stop:
-            yield sample
+            yield record
         i += 1
         if i >= piece.stop and expected_count is None:
             return
@@ -113,17 +121,24 @@ def read_piece(data: bytes, url: str, piece: planning.Piece, expected_count: int
         raise shards.ShardFormatError(f"{url}: holds {i} samples, fewer than planned ({piece.stop})")
 
 
-def shuffle_buffer(samples: Iterator[dict], size: int, rng: np.random.Generator | None) -> Iterator[dict]:
-    """webdataset's reservoir shuffle, with an explicit generator so a resumed epoch replays it exactly."""
+def shuffle_buffer(samples: Iterator[Any], size: int, rng: np.random.Generator | None,
+                   total: int | None = None) -> Iterator[Any]:
+    """webdataset's reservoir shuffle, with an explicit generator so a resumed epoch replays it exactly.
+
+    ``total`` (the number of samples the stream will yield, when known) only lets the slot draws come
+    from numpy in blocks instead of one ``rng.integers`` call per sample; the draws, and so the order,
+    are identical either way (:func:`_slot_draws`).
+    """
     if rng is None or size <= 1:
         yield from samples
         return
-    buf: list[dict] = []
+    buf: list[Any] = []
+    draws = _slot_draws(rng, size, None if total is None else total - size)
     for s in samples:
         if len(buf) < size:
             buf.append(s)
             continue
-        j = int(rng.integers(len(buf)))
+        j = next(draws)
         buf[j], s = s, buf[j]
         yield s
     order = rng.permutation(len(buf))
@@ -131,13 +146,30 @@ def shuffle_buffer(samples: Iterator[dict], size: int, rng: np.random.Generator 
         yield buf[j]
 
 
-def decode_batch(samples: list[dict]) -> dict[str, Any]:
-    """Decode samples with lcrypt.shards (safe decoders only) into a uint8 batch."""
+def _slot_draws(rng: np.random.Generator, size: int, count: int | None, block: int = 4096) -> Iterator[int]:
+    """``rng.integers(size)`` once per call of next(), drawn ``block`` at a time but never beyond ``count``.
+
+    numpy's Generator gives the same values, and leaves the same state, for ``integers(n, size=k)`` as
+    for k calls of ``integers(n)`` (tests/test_loader.py checks it), so blocks change nothing as long
+    as no draw is made that the one-by-one loop would not make: the final permutation of the buffer
+    must start from the same state. Past ``count`` (or without one) it draws one at a time.
+    """
+    left = max(0, count or 0)
+    while left:
+        chunk = rng.integers(size, size=min(block, left)).tolist()
+        left -= len(chunk)
+        yield from chunk
+    while True:
+        yield int(rng.integers(size))
+
+
+def decode_batch(records: list[shards.Record]) -> dict[str, Any]:
+    """Decode a batch's records with lcrypt.shards (safe decoders only) into uint8 images and labels."""
     import torch
 
-    images, labels = zip(*(shards.decode_sample(s) for s in samples))
-    return {"image": torch.from_numpy(np.stack(images)), "label": torch.tensor(labels, dtype=torch.int64),
-            "key": [s["__key__"] for s in samples]}
+    images, labels = shards.decode_records(records)
+    return {"image": torch.from_numpy(images), "label": torch.from_numpy(labels),
+            "key": [r[0] for r in records]}
 
 
 class ShardDataset:
@@ -199,8 +231,8 @@ class ShardDataset:
                     f"{self.entries[index].sha256}; the shard was altered or damaged (run `lcrypt verify`)")
         return data
 
-    def worker_samples(self, plan: planning.EpochPlan, worker: int) -> Iterator[dict]:
-        """Raw samples of one worker's pieces, in order, buffer-shuffled when training."""
+    def worker_samples(self, plan: planning.EpochPlan, worker: int) -> Iterator[shards.Record]:
+        """Records of one worker's pieces, in order, buffer-shuffled when training."""
         wp = plan.workers[worker]
 
         def raw():
@@ -211,7 +243,7 @@ class ShardDataset:
 
         rng = (np.random.default_rng([self.seed, plan.epoch, plan.rank, worker, 0xB0FF])
                if self.shuffle else None)
-        return shuffle_buffer(raw(), self.buffer, rng)
+        return shuffle_buffer(raw(), self.buffer, rng, total=wp.num_samples)
 
     def iter_worker(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
         if num_workers != self.num_workers:
@@ -220,18 +252,13 @@ class ShardDataset:
         plan = self.plan()
         wp = plan.workers[worker]
         skip = planning.consumed_batches(self.start_step, worker, num_workers)
-        batch: list[dict] = []
+        stream = self.worker_samples(plan, worker)
+        # resume: replay the stream (and so its shuffle) without decoding what was consumed
+        collections.deque(itertools.islice(stream, min(skip * self.batch_size, wp.num_samples)), maxlen=0)
         done = 0
-        remaining = wp.num_samples
-        for i, sample in enumerate(self.worker_samples(plan, worker)):
-            b = i // self.batch_size
-            if b < skip:  # resume: replay the stream without decoding what was consumed
-                continue
-            batch.append(sample)
-            if len(batch) == self.batch_size or i == remaining - 1:
-                yield decode_batch(batch)
-                batch = []
-                done += 1
+        while batch := list(itertools.islice(stream, self.batch_size)):
+            yield decode_batch(batch)
+            done += 1
         if done + skip != wp.num_batches and skip <= wp.num_batches:
             raise RuntimeError(f"worker {worker} yielded {done + skip} batches, planned {wp.num_batches}")
 
@@ -261,6 +288,15 @@ class ShardDataset:
                         live.discard(w)
 
 
+def keep_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """DataLoader's ``collate_fn``: batches leave ShardDataset as tensors already.
+
+    Why not torch's default (``default_convert``): it walks every batch recursively, one call per
+    sample key, which cost ~3 us an image, a tenth of a worker's time on 32x32 JPEGs.
+    """
+    return batch
+
+
 def make_dataset_class():
     """ShardDataset as a torch IterableDataset (torch imported lazily: lcrypt users may not have it)."""
     import torch.utils.data
@@ -279,6 +315,6 @@ def make_loader(manifest: str | os.PathLike, split: str, batch_size: int, *, ran
     ds = make_dataset_class()(manifest, split, batch_size, rank=rank, world=world, num_workers=num_workers,
                               **kwargs)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                                         prefetch_factor=4 if num_workers else None,
+                                         collate_fn=keep_batch, prefetch_factor=4 if num_workers else None,
                                          persistent_workers=False)
     return loader, ds

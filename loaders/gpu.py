@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lcrypt import shards
-from loaders.dataset import check_sample, load_manifest, open_bytes, resolve_shard, check_key_ids
+from loaders.dataset import check_key_ids, load_manifest, open_bytes, resolve_shard
 
 
 def read_split(manifest: str | os.PathLike, split: str, owner: str | None = None, threads: int = 8,
@@ -30,18 +30,13 @@ def read_split(manifest: str | os.PathLike, split: str, owner: str | None = None
 
     def one(entry) -> tuple[np.ndarray, np.ndarray, list[str]]:
         url = resolve_shard(base, entry.path)
-        imgs, labels, keys = [], [], []
-        import io
-
-        for sample in shards.iter_samples(io.BytesIO(open_bytes(url)), url=url):
-            check_sample(sample, url)
-            img, label = shards.decode_sample(sample)
-            imgs.append(img)
-            labels.append(label)
-            keys.append(sample["__key__"])
-        if len(imgs) != entry.count:
-            raise shards.ShardFormatError(f"{url}: holds {len(imgs)} samples, manifest says {entry.count}")
-        return np.stack(imgs), np.asarray(labels, dtype=np.int64), keys
+        records = list(shards.iter_records(open_bytes(url), url))  # members checked, as the streaming loader
+        if len(records) != entry.count:
+            raise shards.ShardFormatError(f"{url}: holds {len(records)} samples, manifest says {entry.count}")
+        if not records:
+            raise shards.ShardFormatError(f"{url}: holds no samples")
+        images, labels = shards.decode_records(records)
+        return images, labels, [r[0] for r in records]
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
         parts = list(pool.map(one, entries))

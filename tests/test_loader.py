@@ -18,7 +18,7 @@ from lcrypt import Key, get_scheme, shards
 from lcrypt.manifest import Manifest
 from loaders import plan as planning
 from loaders.augment import AugmentConfig, EncryptedAugment, grid_flip, grid_translate, normalize
-from loaders.dataset import KeyMismatchError, ShardDataset, make_loader
+from loaders.dataset import KeyMismatchError, ShardDataset, make_loader, shuffle_buffer
 from loaders.gpu import GPUResident, read_split
 
 CLASSES = ("red", "green", "blue")
@@ -142,6 +142,97 @@ def test_labels_and_pixels_are_the_shards(dataset):
             assert np.array_equal(img.numpy(), truth[k][0]) and int(lab) == truth[k][1]
             n += 1
     assert n == len(truth) == 18
+
+
+def reference_batches(ds: ShardDataset, start_step: int = 0) -> list[tuple[list[str], np.ndarray, list[int]]]:
+    """The rank's batches computed the way the loader did before records: dict samples from
+    iter_samples, one ``rng.integers`` call per shuffled sample, images decoded one by one, then the
+    DataLoader's round robin over the workers. The loader must give exactly these batches."""
+    plan = ds.plan()
+    per_worker = []
+    for w, wp in enumerate(plan.workers):
+        samples = []
+        for pc in wp.pieces:
+            with open(ds.urls[pc.shard], "rb") as f:
+                samples += list(shards.iter_samples(f))[pc.start:pc.stop]
+        if ds.shuffle and ds.buffer > 1:
+            rng = np.random.default_rng([ds.seed, plan.epoch, plan.rank, w, 0xB0FF])
+            buf, out = [], []
+            for s in samples:
+                if len(buf) < ds.buffer:
+                    buf.append(s)
+                    continue
+                j = int(rng.integers(len(buf)))
+                buf[j], s = s, buf[j]
+                out.append(s)
+            samples = out + [buf[j] for j in rng.permutation(len(buf))]
+        per_worker.append([samples[i:i + ds.batch_size] for i in range(0, len(samples), ds.batch_size)])
+    batches = []
+    for b in planning.step_order(plan)[start_step:]:
+        w = max(i for i, wp in enumerate(plan.workers) if wp.first_batch <= b and wp.num_batches)
+        decoded = [shards.decode_sample(s) for s in per_worker[w][b - plan.workers[w].first_batch]]
+        batches.append(([s["__key__"] for s in per_worker[w][b - plan.workers[w].first_batch]],
+                        np.stack([img for img, _ in decoded]), [lab for _, lab in decoded]))
+    return batches
+
+
+@pytest.mark.parametrize("rank,world,workers,batch,buffer,epoch,start", [
+    (0, 1, 1, 4, 5, 0, 0), (1, 2, 2, 3, 4, 1, 0), (0, 2, 2, 5, 2000, 2, 0), (1, 2, 3, 2, 3, 0, 4),
+    (0, 1, 2, 7, 6, 3, 3)])
+def test_loader_batches_equal_the_dict_per_sample_reference(dataset, rank, world, workers, batch, buffer, epoch,
+                                                            start):
+    ds = ShardDataset(dataset["data"], "train", batch, rank=rank, world=world, num_workers=workers, seed=5,
+                      buffer=buffer)
+    ds.set_epoch(epoch, start)
+    got = list(ds)
+    want = reference_batches(ds, start)
+    assert len(got) == len(want) == len(ds) - start
+    for g, (keys, images, labels) in zip(got, want):
+        assert g["key"] == keys and g["label"].tolist() == labels and g["label"].dtype == torch.int64
+        assert g["image"].dtype == torch.uint8 and np.array_equal(g["image"].numpy(), images)
+
+
+def test_block_drawn_shuffle_is_the_one_by_one_shuffle():
+    for size, total in [(5, 40), (7, 7), (10, 3), (3, 10_000), (4096, 9000), (1, 5)]:
+        for announced in (total, None, total + 3):  # a wrong total only loses the speed-up, never the order
+            want = list(shuffle_buffer(iter(range(total)), size, np.random.default_rng([size, total])))
+            got = list(shuffle_buffer(iter(range(total)), size, np.random.default_rng([size, total]), announced))
+            if announced == total + 3:  # drew 3 more than needed: only the final permutation may differ
+                assert got[:max(0, total - size)] == want[:max(0, total - size)]
+            else:
+                assert got == want
+            assert sorted(got) == list(range(total))
+
+
+def _rewrite_first_train_shard(dataset, tmp_path: Path, edit) -> Path:
+    """A copy of the dataset whose first train shard's member list went through ``edit``."""
+    data = tmp_path / "data"
+    shutil.copytree(dataset["data"], data)
+    m = Manifest.load(data)
+    entry = m.shards_for("train")[0]
+    with open(data / entry.path, "rb") as f:
+        members = edit(list(shards.iter_members(f)))
+    entry.bytes, entry.sha256 = shards.write_tar(data / entry.path, members)
+    m.save(data)
+    return data
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda ms: ms[:2] + ms[3:], "has no .cls member"),
+    (lambda ms: ms[:2] + [(ms[1][0].replace(".png", ".npy"), ms[1][1])] + ms[2:], "2 image members"),
+    (lambda ms: [(n, b[:50] + bytes([b[50] ^ 0xFF]) + b[51:]) if n.endswith(".png") and i == 3 else (n, b)
+                 for i, (n, b) in enumerate(ms)], "IDAT chunk has a bad CRC"),
+    (lambda ms: [(n, b"x") if i == 4 else (n, b) for i, (n, b) in enumerate(ms)], "not a decimal class index"),
+])
+def test_malformed_samples_are_refused_naming_shard_and_member(dataset, tmp_path, edit, match):
+    data = _rewrite_first_train_shard(dataset, tmp_path, edit)
+    shard = Manifest.load(data).shards_for("train")[0].path
+    loader, _ = make_loader(data, "train", 4, shuffle=False)
+    with pytest.raises(shards.ShardFormatError, match=rf"{shard}: .*{match}"):
+        for _ in loader:
+            pass
+    with pytest.raises(shards.ShardFormatError, match=match):
+        read_split(data, "train")
 
 
 class _Boom:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import struct
 import tarfile
+import zlib
 
 import numpy as np
 import pytest
@@ -169,3 +171,200 @@ def test_manifest_refuses_other_formats(tmp_path):
     with pytest.raises(ManifestError, match="format"):
         Manifest.load(tmp_path)
     assert "secret" not in _manifest().to_json()
+
+
+# -- the loaders' fast path: records, batch decoding, lcrypt-layout PNG ------------------------------
+def _shard(rng, n=6, encoding="png", size=(8, 8), extra=()):
+    members = [m for i in range(n) for m in shards.encode_sample(
+        f"{i:020x}", rng.integers(0, 256, (*size, 3), dtype=np.uint8), i % 10, encoding, jpeg_quality=90)]
+    return shards.tar_bytes([*members, *extra])
+
+
+def _as_records(samples, url):
+    return [(s["__key__"], s["cls"], e, s[e], url) for s in samples for e in s if e in shards.IMAGE_EXTS]
+
+
+def test_records_match_the_general_reader_plain_gzip_and_pax(rng):
+    data = _shard(rng, 7)
+    want = _as_records(shards.iter_samples(io.BytesIO(data), url="u"), "u")
+    assert shards._plain_tar_members(data) is not None  # the fast path is taken for lcrypt's own tars
+    assert list(shards.iter_records(data, "u")) == want and len(want) == 7
+    assert list(shards.iter_records(gzip.compress(data), "u")) == want  # general reader
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, body in shards.iter_members(io.BytesIO(data)):
+            ti = tarfile.TarInfo("dir/" + name if name.endswith("0.cls") or name.endswith("0.png") else name)
+            ti.size = len(body)
+            tf.addfile(ti, io.BytesIO(body))
+    got = list(shards.iter_records(buf.getvalue(), "u"))
+    assert [r[0] for r in got] == [("dir/" if k.endswith("0") else "") + k for k, *_ in want]
+    assert [r[1:] for r in got] == [r[1:] for r in want]
+
+
+@pytest.mark.parametrize("extra, match", [
+    ([("00000000000000000005.pyd", b"\x80\x04K\x01.")],
+     r"u: sample '00000000000000000005' holds member\(s\) \.pyd.*refus"),
+    ([("00000000000000000005.json", b"{}")], r"\.json.*refus"),
+    ([("00000000000000000005.jpg", b"x")], "2 image members"),
+    ([("zz.png", b"x")], "'zz' has no .cls member"),
+    ([("zz.cls", b"1")], "'zz' has 0 image members"),
+    ([("00000000000000000005.cls", b"1")], "two .cls members"),
+    ([("zz.cls", b"1"), ("zz.jpeg", b"x")], r"\.jpeg.*refus"),
+    ([("noext", b"1")], "has no extension"),
+])
+def test_records_refuse_samples_that_are_not_one_label_plus_one_image(rng, extra, match):
+    data = _shard(rng, 6, extra=extra)
+    with pytest.raises(shards.ShardFormatError, match=match):
+        list(shards.iter_records(data, "u"))
+
+
+def test_records_reject_scattered_keys_corrupt_and_truncated_tars(rng):
+    data = shards.tar_bytes([("a.cls", b"1"), ("a.png", b"x"), ("b.cls", b"2"), ("b.png", b"x"), ("a.npy", b"y")])
+    with pytest.raises(shards.ShardFormatError, match="appears twice"):
+        list(shards.iter_records(data, "u"))
+    good = _shard(rng, 4)
+    headers = [i for i in range(0, len(good), 512) if good[i + 257:i + 262] == b"ustar"]
+    for off in (headers[0] + 10, headers[1] + 130, headers[5] + 140):  # a name, a size, a later mtime
+        bad = bytearray(good)
+        bad[off] ^= 0x01
+        with pytest.raises(shards.ShardFormatError, match="checksum|truncated"):
+            list(shards.iter_records(bytes(bad), "u"))
+    for field, ok in [(b"%07o\0", True), (b" %06o\0", True), (b"zz%05o\0", False), (b"%06o\0 ", False)]:
+        other = bytearray(good)  # header 1's checksum written in another (or a wrong) form
+        h = headers[1]
+        value = sum(other[h:h + 148]) + 256 + sum(other[h + 156:h + 512]) + (0 if ok else 1)
+        other[h + 148:h + 156] = field % value
+        assert len(other) == len(good)
+        if ok:
+            assert list(shards.iter_records(bytes(other), "u")) == list(shards.iter_records(good, "u"))
+        else:
+            with pytest.raises(shards.ShardFormatError, match="checksum|not an octal number"):
+                list(shards.iter_records(bytes(other), "u"))
+    for cut in (700, 5 * 1024 + 100, 512 * 3 + 5):
+        with pytest.raises(shards.ShardFormatError, match="truncated"):
+            list(shards.iter_records(good[:cut], "u"))
+
+
+def _records(blobs, ext="png", url="u"):
+    return [(f"k{i}", str(i).encode(), ext, b, url) for i, b in enumerate(blobs)]
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (32, 32), (5, 17), (1, 1)])
+def test_png_fast_path_equals_pillow(rng, shape):
+    from PIL import Image
+
+    imgs = [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(5)]
+    imgs[1][:] = 7  # compresses to almost nothing
+    blobs = [shards.encode_png(im) for im in imgs]
+    assert all(shards._png_raw_rows(b) is not None for b in blobs)
+    batch, labels = shards.decode_records(_records(blobs))
+    assert batch.shape == (5, *shape, 3) and batch.flags.c_contiguous and labels.tolist() == list(range(5))
+    for im, b, got in zip(imgs, blobs, batch):
+        assert np.array_equal(got, im) and np.array_equal(got, np.asarray(Image.open(io.BytesIO(b))))
+        assert np.array_equal(shards.decode_image("k.png", b), im)
+
+
+def _pillow_png(img, **kw):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def test_png_in_other_layouts_falls_back_to_pillow(rng):
+    from PIL import PngImagePlugin
+
+    img = np.tile(np.arange(32, dtype=np.uint8)[:, None, None] * 8, (1, 32, 3))  # rows Pillow filters
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "hello")
+    foreign = [_pillow_png(img), _pillow_png(img, pnginfo=info), _pillow_png(img, optimize=True)]
+    ours = shards.encode_png(img)
+    batch, _ = shards.decode_records(_records([ours, *foreign, ours]))
+    assert all(np.array_equal(b, img) for b in batch)
+    batch, _ = shards.decode_records(_records(foreign))
+    assert all(np.array_equal(b, img) for b in batch)
+    gray = _pillow_png(img[..., 0])
+    with pytest.raises(shards.ShardFormatError, match="u: k1.png: PNG mode L"):
+        shards.decode_records(_records([ours, gray]))
+
+
+def _chunk(tag: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+
+def _png(w, h, raw, compress=True):
+    """A PNG in lcrypt's layout (IHDR, one IDAT, IEND, valid CRCs) around any ``raw`` rows."""
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(raw) if compress else raw) + _chunk(b"IEND", b""))
+
+
+def test_malformed_lcrypt_pngs_are_errors_never_silent(rng):
+    img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    good = shards.encode_png(img)
+    raw = np.zeros((8, 25), np.uint8)
+    raw[:, 1:] = img.reshape(8, 24)
+    assert np.array_equal(shards.decode_image("k.png", _png(8, 8, raw.tobytes())), img)
+    ihdr_crc = bytearray(good)
+    ihdr_crc[20] ^= 1  # width, CRC not updated
+    idat_crc = bytearray(good)
+    idat_crc[45] ^= 1  # compressed data, CRC not updated
+    cases = {
+        "IHDR chunk has a bad CRC": bytes(ihdr_crc),
+        "IDAT chunk has a bad CRC": bytes(idat_crc),
+        "not a valid zlib stream": _png(8, 8, b"\x78\x9c garbage that is not deflate", compress=False),
+        "inflates to 150 bytes": _png(8, 8, raw.tobytes()[:150]),  # image smaller than its header
+        "inflates to 201\\+ bytes": _png(8, 8, raw.tobytes() + b"\0" * 9),  # image bigger than its header
+        "with trailing data: True": _png(8, 8, zlib.compress(raw.tobytes()) + b"tail", compress=False),
+        "exceeds": _png(1 << 14, 1 << 14, b""),
+        "is empty": _png(0, 8, b""),
+    }
+    for match, blob in cases.items():
+        with pytest.raises(shards.ShardFormatError, match=match):
+            shards.decode_image("k.png", blob)
+        with pytest.raises(shards.ShardFormatError, match=f"u: k1.png: .*{match}"):
+            shards.decode_records(_records([good, blob]))
+    bad_filter = raw.copy()
+    bad_filter[3, 0] = 9  # not a PNG filter type: Pillow refuses it too
+    with pytest.raises(shards.ShardFormatError, match="k1.png"):
+        shards.decode_records(_records([good, _png(8, 8, bad_filter.tobytes())]))
+
+
+def test_batches_refuse_mixed_shapes_and_damaged_jpegs(rng):
+    def jpeg(h, w):
+        return shards.encode_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "jpeg", 90)
+
+    blobs = [jpeg(16, 16) for _ in range(4)]
+    batch, _ = shards.decode_records(_records(blobs, "jpg"))
+    for b, got in zip(blobs, batch):
+        assert np.array_equal(got, shards.decode_image("k.jpg", b))
+    for odd, match in [(jpeg(8, 16), r"\(8, 16, 3\), but this batch's images are \(16, 16, 3\)"),
+                       (jpeg(32, 32), "buffer is too small"), (blobs[0][:-40], "cannot decode .jpg"),
+                       (b"\xff\xd8 not a jpeg", "cannot decode .jpg")]:
+        with pytest.raises(shards.ShardFormatError, match=rf"u: k2.jpg: .*{match}"):
+            shards.decode_records(_records([blobs[0], blobs[1], odd], "jpg"))
+    with pytest.raises(shards.ShardFormatError, match="k0.jpg: cannot decode"):
+        shards.decode_records(_records([b"junk", blobs[0]], "jpg"))
+    pngs = [shards.encode_png(rng.integers(0, 256, s, dtype=np.uint8)) for s in [(8, 8, 3), (8, 8, 3), (4, 8, 3)]]
+    with pytest.raises(shards.ShardFormatError, match=r"k2.png: image is \(4, 8\)"):
+        shards.decode_records(_records(pngs))
+    npys = [shards.encode_image(rng.integers(0, 256, s, dtype=np.uint8), "npy") for s in [(8, 8, 3), (4, 8, 3)]]
+    with pytest.raises(shards.ShardFormatError, match=r"k1.npy: image is \(4, 8, 3\)"):
+        shards.decode_records(_records(npys, "npy"))
+    mixed = [(f"k{i}", b"1", e, b, "") for i, (e, b) in enumerate([("npy", npys[0]), ("png", pngs[0]),
+                                                                     ("jpg", jpeg(8, 8))])]
+    assert shards.decode_records(mixed)[0].shape == (3, 8, 8, 3)
+    with pytest.raises(shards.ShardFormatError, match="not an lcrypt image"):
+        shards.decode_records([("k", b"1", "pyd", b"\x80\x04K\x01.", "")])
+
+
+def test_labels_parse_like_decode_label():
+    ok = [b"0", b"7", b"123", b"-1", b" 4\n", b"0007"]
+    assert shards.decode_labels(ok).tolist() == [shards.decode_label(b) for b in ok] == [0, 7, 123, -1, 4, 7]
+    assert shards.decode_labels(ok).dtype == np.int64
+    for bad in (b"", b"cat", b"1_0", b"+1", b"1.5", b"\xff", b"9" * 30, b"1" * 5000):
+        with pytest.raises(shards.ShardFormatError):
+            shards.decode_labels([b"1", bad])
+    png = shards.encode_png(np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(shards.ShardFormatError, match="u: k1.cls: .cls member is not a decimal"):
+        shards.decode_records([("k0", b"1", "png", png, "u"), ("k1", b"one", "png", png, "u")])
