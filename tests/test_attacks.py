@@ -88,9 +88,9 @@ def test_known_pairs_recover_le_and_ahmad_diffusion(rng, fixed_key):
         assert np.median(ssim(est.decrypt(s.encrypt(unseen, fixed_key)), unseen)) > 0.6, name
 
 
-def _jigsaw_scramble_only(plain, key):
+def _jigsaw_scramble_only(plain, key, restarts=1):
     m = scramble_only(key, plain.shape[1:], 16)
-    recon, grids = jigsaw_attack(m.forward(plain), 16, restarts=3)
+    recon, grids = jigsaw_attack(m.forward(plain), 16, restarts=restarts)
     origin = true_block_positions(m, 16)
     return ssim(recon, plain), [neighbour_accuracy(g, origin, plain.shape[2] // 16) for g in grids]
 
@@ -99,18 +99,36 @@ def _jigsaw_scramble_only(plain, key):
 def test_jigsaw_restores_scrambled_imagenette(shared_datasets, fixed_key):
     from lcrypt.datasets import load_arrays
 
-    # every 30th of the first 300 val images (a spread, not the first few: the report gives the
-    # solver's per-configuration figures on the first images, where it does worse)
-    plain = load_arrays(str(shared_datasets / "imagenette-224.tar.gz"), "val", limit=300)[0][::30]
+    # the first 20 val images, none skipped: 196 pieces of 16 px cut on the JPEG 8x8 grid
+    plain = load_arrays(str(shared_datasets / "imagenette-224.tar.gz"), "val", limit=20)[0]
     scores, nbr = _jigsaw_scramble_only(plain, fixed_key)
     assert np.median(scores) > 0.8, scores
     assert np.median(nbr) > 0.8, nbr
+    assert np.mean(np.asarray(nbr) > 0.9) >= 0.75, nbr      # most images solved, not just half of them
 
 
 def test_jigsaw_restores_a_scrambled_smooth_image(rng, fixed_key):
     plain = smooth_images(1, 224, rng)
-    scores, nbr = _jigsaw_scramble_only(plain, fixed_key)
+    scores, nbr = _jigsaw_scramble_only(plain, fixed_key, restarts=2)
     assert scores[0] > 0.8 and nbr[0] > 0.8
+
+
+def test_jigsaw_flat_saturated_region_does_not_derail_it(rng, fixed_key):
+    """Flat, saturated blocks (a white sky) tie at zero cost with each other and give no evidence; the
+    solver must still place the rest (the earlier greedy solver did not)."""
+    plain = smooth_images(1, 128, rng)
+    plain[0, :40] = 255
+    scores, _ = _jigsaw_scramble_only(plain, fixed_key)
+    assert scores[0] > 0.9, scores
+
+
+def test_jigsaw_compatibility_prefers_true_neighbours(rng, fixed_key):
+    from lcrypt.attacks.jigsaw import seam_cost
+
+    plain = smooth_images(2, 128, rng)
+    m = scramble_only(fixed_key, plain.shape[1:], 16)
+    for p, c in zip(plain, m.forward(plain)):
+        assert seam_cost(p, 16) < 0.2 * seam_cost(c, 16)
 
 
 def test_jigsaw_on_full_etc_is_measured(rng, fixed_key):
