@@ -29,7 +29,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenette
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DATA))
-    p.add_argument("--images", type=int, default=20, help="scrambling-only images (the first of val)")
+    p.add_argument("--images", type=int, default=20, help="scrambling-only images (the first of val; 0 = skip)")
     p.add_argument("--etc-images", type=int, default=4, help="full-EtC images (the first of val; 0 = skip)")
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--etc-restarts", type=int, default=1)
@@ -48,20 +48,21 @@ def main() -> None:
     b = args.block
     gw = plain.shape[2] // b
 
-    x = plain[:args.images]
-    m = J.scramble_only(key, x.shape[1:], b)
-    cipher, origin = m.forward(x), J.true_block_positions(m, b)
-    ss, nb, ts = [], [], []
-    for i in range(len(x)):
-        t = time.perf_counter()
-        r, g = J.jigsaw_attack(cipher[i:i + 1], b, restarts=args.restarts)
-        ts.append(time.perf_counter() - t)
-        ss.append(float(ssim(r, x[i:i + 1])[0]))
-        nb.append(J.neighbour_accuracy(g[0], origin, gw))
-        if args.verbose:
-            print(f"  scrambling {i:3d}  ssim {ss[-1]:.3f}  neighbours {nb[-1]:.3f}  {ts[-1]:.2f} s")
-    print(f"scrambling only, {len(x)} images: median SSIM {np.median(ss):.3f}  min SSIM {np.min(ss):.3f}  "
-          f"median neighbours {np.median(nb):.3f}  mean neighbours {np.mean(nb):.3f}  {np.mean(ts):.2f} s/image")
+    if args.images:
+        x = plain[:args.images]
+        m = J.scramble_only(key, x.shape[1:], b)
+        cipher, origin = m.forward(x), J.true_block_positions(m, b)
+        ss, nb, ts = [], [], []
+        for i in range(len(x)):
+            t = time.perf_counter()
+            r, g = J.jigsaw_attack(cipher[i:i + 1], b, restarts=args.restarts)
+            ts.append(time.perf_counter() - t)
+            ss.append(float(ssim(r, x[i:i + 1])[0]))
+            nb.append(J.neighbour_accuracy(g[0], origin, gw))
+            if args.verbose:
+                print(f"  scrambling {i:3d}  ssim {ss[-1]:.3f}  neighbours {nb[-1]:.3f}  {ts[-1]:.2f} s")
+        print(f"scrambling only, {len(x)} images: median SSIM {np.median(ss):.3f}  min SSIM {np.min(ss):.3f}  "
+              f"median neighbours {np.median(nb):.3f}  mean neighbours {np.mean(nb):.3f}  {np.mean(ts):.2f} s/image")
 
     if args.etc_images:
         x = plain[:args.etc_images]

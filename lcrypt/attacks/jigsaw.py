@@ -37,22 +37,33 @@ rotation/inversion, negative-positive transform and colour shuffle).
   the moves undo most of these. Greedy alone on the first 20 images: median SSIM 1.00 but 3 images
   below 0.15, mean correct-neighbour rate 0.93; with refinement the worst is 0.68, mean 0.96. More
   first pieces (``starts``, ``restarts``) changed nothing on the first 60 images.
-* **placement, per-block variants** (:func:`solve`, full EtC): Prim-like greedy over all variants:
-  from one piece at the centre of a (2·gh−1)×(2·gw−1) canvas, each empty slot next to the placed
-  region keeps the summed MGC of every piece against its placed neighbours (updated incrementally, a
-  vectorised pass over all n·96 pieces per new neighbour); the slot whose best block is most distinct
-  from its second-best block is filled next. :func:`solve_best` keeps the lowest :func:`seam_cost`
-  of several starts.
+* **placement, per-block variants** (:func:`solve`, :func:`solve_best`, full EtC): the variants form
+  a group and MGC is invariant when one variant acts on both pieces and their relation, so only the
+  nb identity pieces are scored against all nb·96 piece-variants (:class:`_Variants`: relative tables,
+  variant composition and side maps); best buddies over variants come from the same tables. Prim-like
+  greedy (:func:`_place_variants`): each empty slot next to the placed region keeps the summed MGC of
+  every piece-variant against its placed neighbours (a gather per new neighbour) and, per block, its
+  best variant; the slot whose best block is most distinct from its second-best block (tie-safe
+  ratio ``(D + 1) / (second D + 1)``, to the power of the neighbour count) is filled next, among the
+  slots whose best block is a best buddy of a placed neighbour when there are any. First blocks are
+  ranked as Paikin & Tal's (best buddies on all sides). Then :func:`_refine_variants`, the
+  scrambling-only refinement where segments keep their pieces' variants and refilled cells may take
+  any variant (shifts of ±1 cell and frame-aligned ones), scored by total MGC.
 
 Measured with ``bench/bench_jigsaw.py`` on the first Imagenette val images (224×224, 16-px blocks,
 196 pieces, one core). Scrambling alone, first 20 images: median SSIM 1.00 (0.34 with the previous
 L1 greedy/Kruskal solver), worst 0.68 (0.04), median correct-neighbour rate 1.00 (0.62), mean 0.96
 (0.68), 0.09 s per image with one start (0.43 s before, 3 restarts); on val images 60–119, which were
 not used for tuning, median SSIM 1.00 (0.81 before), mean correct neighbours 0.94 (0.77). Full EtC
-(96 variants per block; global symmetry picked by an oracle): with MGC the greedy restores 5 of the
-first 10 images (SSIM 0.90–0.99, 87–100% correct neighbours) and fails on the others (SSIM < 0.2);
-median SSIM 0.53, median correct neighbours 0.67, about 1.7 s per image and start (before: SSIM
-0.12, 18% correct neighbours on the first 4, 1.9 s).
+(96 variants per block; global symmetry picked by an oracle), first 10 images, 2 starts
+(``--etc-restarts 2``): before (plain variant greedy from blocks 0 and 195) median SSIM 0.53, min 0.07,
+median correct neighbours 0.67, 5 images above SSIM 0.8, 2.9 s per image; now median SSIM 0.79, min
+0.07, median correct neighbours 0.77, 5 images above 0.8 (0, 3, 7, 8, 9; image 8 0.09 → 1.00, image 5
+0.08 → 0.70, image 1 0.90 → 0.10: a different first block), 2.9 s per image. With the old seeds
+(blocks 0 and 195) instead of the ranked starts: median SSIM 0.52, median neighbours 0.83. Images 2, 4
+and 6 still fail from the first placements (correct neighbours < 0.3); images 1 and 5 with ≥ 70%
+correct neighbours but low SSIM hold large segments in different global orientations, which no move
+here re-orients (not implemented: re-orienting a segment as a whole by one variant).
 
 The result is defined up to one global symmetry (rotation/flip, colour order, sign) that no edge
 criterion fixes; the caller lets an oracle pick it (:func:`global_dihedral` and
@@ -383,46 +394,124 @@ def solve_translation(image: np.ndarray, block: int, starts: int = 1) -> tuple[n
     return _assemble(pieces, grid), grid, np.zeros_like(grid)
 
 
-# -- per-block variants: greedy placement over every variant ------------------------------------
-def solve(image: np.ndarray, block: int, rotations: bool = False, negpos: bool = False,
-          colors: bool = False, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reassemble one scrambled image (H, W, 3) uint8 with the greedy placer over every variant.
+# -- per-block variants: greedy placement over every variant, refinement ------------------------------
+def _grid_energy(models: list[dict[str, np.ndarray]], grid: np.ndarray) -> float:
+    """Total MGC of every internal seam of a grid of piece indices (into ``models``)."""
+    cost = 0.0
+    if grid.shape[1] > 1:
+        cost += _mgc_pairs(_take(models[0], grid[:, :-1].ravel()), _take(models[2], grid[:, 1:].ravel())).sum()
+    if grid.shape[0] > 1:
+        cost += _mgc_pairs(_take(models[1], grid[:-1].ravel()), _take(models[3], grid[1:].ravel())).sum()
+    return float(cost)
 
-    Returns ``(reconstruction, grid_blocks, grid_variants)``: the image, and for every grid cell the
-    cipher block index placed there and the variant index used (into :func:`block_variants` order).
+
+class _Variants:
+    """Relative MGC tables over every variant of every block (the variants form a group).
+
+    Applying one variant ``g`` to two pieces and their relation leaves the MGC unchanged (a
+    rotation/flip moves both edges and the side alike, a colour order or sign change acts on both
+    gradients and on ``S`` alike), so the cost of piece-variant (j, b) on side r of (i, a) is
+    ``rel[side[a, r]][i, j·nv + comp[inv[a], b]]``: only the nb identity pieces need scoring against
+    all nb·nv piece-variants. ``comp[a, c]`` is the variant "c, then a"; ``side[a, r]`` is the side of
+    the untransformed block that variant ``a`` moves to side r. ``bb[s][i]``: the best buddy of
+    identity block i on side s, as ``j·nv + c`` (-1 when none); a buddy of (i, a) on side r is then
+    (j, comp[a, c]).
     """
-    h, w, _ = image.shape
-    gh, gw = h // block, w // block
-    pieces, nv = _pieces(image, block, dict(rotations=rotations, negpos=negpos, colors=colors))
-    nb = gh * gw
-    models = _models(pieces)
-    ch, cw = 2 * gh - 1, 2 * gw - 1
-    placed = -np.ones((ch, cw), dtype=np.int64)                           # piece index per canvas cell
-    cost = {}                                                             # slot -> summed dissimilarity (P,)
-    count = {}
-    free_block = np.ones(nb, bool)
-    bbox = [gh - 1, gh - 1, gw - 1, gw - 1]                               # ymin, ymax, xmin, xmax
 
-    def place(y: int, x: int, piece: int) -> None:
+    def __init__(self, pieces: np.ndarray, models: list[dict[str, np.ndarray]], block: int,
+                 variants: dict[str, bool]) -> None:
+        offs, signs = block_variants(block, **variants)
+        nv = self.nv = len(offs)
+        nb = self.nb = len(pieces) // nv
+        assert not signs[0] and np.array_equal(offs[0], np.arange(offs.shape[1]))
+        index = {(o.tobytes(), int(m)): k for k, (o, m) in enumerate(zip(offs, signs))}
+        self.comp = np.array([[index[(offs[c][offs[a]].tobytes(), int(signs[a] ^ signs[c]))] for c in range(nv)]
+                              for a in range(nv)])
+        self.inv = np.argmax(self.comp == 0, axis=1)
+        pix = offs[:, ::3] // 3                                           # (nv, b·b) source pixel per output pixel
+        yy, xx = np.divmod(np.arange(block * block), block)
+        on = [xx == block - 1, yy == block - 1, xx == 0, yy == 0]         # pixels on side r
+        self.side = np.array([[next(t for t in range(4) if on[t][pix[a][on[r]]].all()) for r in range(4)]
+                              for a in range(nv)])
+        ident = [_take(m, np.arange(nb) * nv) for m in models]
+        self.rel = []
+        for r in range(4):
+            d = _mgc(ident[r], models[(r + 2) % 4]).reshape(nb, nb, nv)
+            d[np.arange(nb), np.arange(nb)] = np.inf
+            self.rel.append(d.reshape(nb, nb * nv))
+        best = np.stack([d.argmin(axis=1) for d in self.rel])             # (4, nb)
+        j, c = np.divmod(best, nv)
+        opp = (np.arange(4)[:, None] + 2) % 4
+        back = best[self.side[c, opp], j]                                 # best of (j, c) on the facing side
+        ok = (back // nv == np.arange(nb)[None]) & (self.comp[c, back % nv] == 0)
+        self.bb = np.where(ok, best, -1)
+
+    def row(self, piece: int, r: int) -> np.ndarray:
+        """(nb·nv,) MGC of every piece-variant on side r of piece-variant ``piece``."""
+        i, a = divmod(piece, self.nv)
+        return self.rel[self.side[a, r]][i].reshape(self.nb, self.nv)[:, self.comp[self.inv[a]]].ravel()
+
+    def buddy(self, piece: int, r: int) -> int:
+        i, a = divmod(piece, self.nv)
+        q = int(self.bb[self.side[a, r], i])
+        return -1 if q < 0 else (q // self.nv) * self.nv + int(self.comp[a, q % self.nv])
+
+    def starts(self) -> np.ndarray:
+        """Blocks ranked as Paikin & Tal's first piece (best buddies on all sides, whose buddies have them)."""
+        has = self.bb >= 0
+        nbb = has.sum(axis=0)
+        score = 100.0 * (nbb == 4) + np.where(has, nbb[np.maximum(self.bb, 0) // self.nv], 0).sum(axis=0)
+        return np.argsort(-score, kind="stable")
+
+
+def _place_variants(V: _Variants, gh: int, gw: int, cells: dict[tuple[int, int], int],
+                    fixed_frame: bool) -> np.ndarray:
+    """Prim-like greedy over every variant around the piece-variants in ``cells`` ((y, x) -> block·nv + v).
+
+    Each empty slot next to the placed region keeps the summed MGC of every piece-variant against its
+    placed neighbours and, per block, its best variant (recomputed only when the slot gains a
+    neighbour); the slot whose best block is most distinct from its second-best block is filled next,
+    among the slots whose best block is a best buddy of a placed neighbour when there are any (Paikin
+    & Tal over variants). ``fixed_frame`` as in :func:`_place`.
+    """
+    nb, nv = V.nb, V.nv
+    if fixed_frame:
+        ch, cw, oy, ox = gh, gw, 0, 0
+    else:
+        ch, cw = 2 * gh - 1, 2 * gw - 1
+        oy, ox = gh - 1 - max(y for y, _ in cells), gw - 1 - max(x for _, x in cells)
+    placed = -np.ones((ch, cw), dtype=np.int64)                           # piece-variant per canvas cell
+    cost: dict[tuple[int, int], np.ndarray] = {}                          # slot -> summed MGC (nb·nv,)
+    count: dict[tuple[int, int], int] = {}
+    best: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}       # slot -> per block: min, argmin variant
+    buddies: dict[tuple[int, int], set[int]] = {}                         # slot -> blocks proposed as best buddies
+    free_block = np.ones(nb, bool)
+    bbox = [ch, -1, cw, -1]                                               # ymin, ymax, xmin, xmax
+
+    def put(y: int, x: int, piece: int) -> None:
         placed[y, x] = piece
         free_block[piece // nv] = False
         bbox[:] = [min(bbox[0], y), max(bbox[1], y), min(bbox[2], x), max(bbox[3], x)]
-        cost.pop((y, x), None)
-        count.pop((y, x), None)
+        for d in (cost, count, best, buddies):
+            d.pop((y, x), None)
         for r, (dy, dx) in enumerate(_STEPS):
             yy, xx = y + dy, x + dx
             if not (0 <= yy < ch and 0 <= xx < cw) or placed[yy, xx] >= 0:
                 continue
-            d = _mgc(_take(models[r], [piece]), models[(r + 2) % 4])[0]   # this piece's side vs every piece
-            cost[(yy, xx)] = cost.get((yy, xx), 0) + d
+            cost[(yy, xx)] = cost.get((yy, xx), 0) + V.row(piece, r)     # this piece's side vs every piece
+            q = V.buddy(piece, r)
+            if q >= 0:
+                buddies.setdefault((yy, xx), set()).add(q // nv)
             count[(yy, xx)] = count.get((yy, xx), 0) + 1
+            avg = (cost[(yy, xx)] / count[(yy, xx)]).reshape(nb, nv)
+            best[(yy, xx)] = (avg.min(axis=1), avg.argmin(axis=1))
 
-    place(gh - 1, gw - 1, (seed % nb) * nv)
-    for _ in range(nb - 1):
+    for (y, x), p in cells.items():
+        put(y + oy, x + ox, p)
+    while free_block.any():
         slots = [s for s in cost if max(bbox[1], s[0]) - min(bbox[0], s[0]) < gh
                  and max(bbox[3], s[1]) - min(bbox[2], s[1]) < gw]
-        avg = np.stack([cost[s] / count[s] for s in slots]).reshape(len(slots), nb, nv)
-        per_block = avg.min(axis=2)
+        per_block = np.stack([best[s][0] for s in slots])
         per_block[:, ~free_block] = np.inf
         if free_block.sum() >= 2:
             two = np.partition(per_block, 1, axis=1)[:, :2]
@@ -430,24 +519,104 @@ def solve(image: np.ndarray, block: int, rotations: bool = False, negpos: bool =
         else:
             conf = per_block.min(axis=1)
         conf = conf ** np.array([count[s] for s in slots])                # more neighbours, more evidence
+        top = per_block.argmin(axis=1)
+        pool = np.array([int(t) in buddies.get(s, ()) for s, t in zip(slots, top)])
+        if pool.any():
+            conf = np.where(pool, conf, np.inf)
         k = int(np.argmin(conf))
-        b = int(per_block[k].argmin())
-        v = int(avg[k, b].argmin())
-        place(*slots[k], b * nv + v)
-    grid = placed[bbox[0]:bbox[0] + gh, bbox[2]:bbox[2] + gw]
+        b = int(top[k])
+        put(*slots[k], b * nv + int(best[slots[k]][1][b]))
+    if fixed_frame:
+        return placed
+    return placed[bbox[0]:bbox[0] + gh, bbox[2]:bbox[2] + gw].copy()
+
+
+def _refine_variants(grid: np.ndarray, pieces: np.ndarray, models: list[dict[str, np.ndarray]], V: _Variants,
+                     rounds: int = 4, near: int = 1, keep_min: int = 4) -> tuple[np.ndarray, float]:
+    """:func:`_refine` for piece-variants: segments (best-buddy-connected, between the pieces as
+    oriented now) keep their pieces' variants; free cells are refilled by :func:`_place_variants`, so
+    a free piece may take any variant; swaps keep variants."""
+    gh, gw = grid.shape
+    e = _grid_energy(models, grid)
+    local = np.arange(gh * gw).reshape(gh, gw)
+    for _ in range(rounds):
+        D = _dissimilarities(pieces[grid.ravel()])                        # the pieces as oriented now
+        M, BB = _compatibility(D)
+        lab = _segments(local, BB)
+        _, inv, counts = np.unique(lab, return_inverse=True, return_counts=True)
+        if counts.max() == gh * gw:
+            break
+        cands = []
+        ys, xs = np.nonzero(inv.reshape(gh, gw) == np.argmax(counts))
+        shifts = {(dy, dx) for dy in range(-near, near + 1) for dx in range(-near, near + 1)}
+        shifts |= {(dy, dx) for dy in (0, -ys.min(), gh - 1 - ys.max()) for dx in (0, -xs.min(), gw - 1 - xs.max())}
+        shifts.discard((0, 0))
+        for dy, dx in sorted(shifts):
+            y2, x2 = ys + dy, xs + dx
+            ok = (y2 >= 0) & (y2 < gh) & (x2 >= 0) & (x2 < gw)
+            cells = {(int(a), int(b)): int(grid[y, x]) for a, b, y, x in zip(y2[ok], x2[ok], ys[ok], xs[ok])}
+            cands.append(_place_variants(V, gh, gw, cells, fixed_frame=True))
+        keep = (counts[inv] >= keep_min).reshape(gh, gw)
+        if keep.any() and not keep.all():
+            cells = {(int(y), int(x)): int(grid[y, x]) for y, x in zip(*np.nonzero(keep))}
+            cands.append(_place_variants(V, gh, gw, cells, fixed_frame=True))
+        cands.append(grid)
+        best = min(cands, key=lambda g: _grid_energy(models, g))
+        best = best.ravel()[_swap_descent(local, _dissimilarities(pieces[best.ravel()]))]
+        e2 = _grid_energy(models, best)
+        if not e2 < e:
+            break
+        grid, e = best, e2
+    return grid, e
+
+
+def _solve_variants(image: np.ndarray, block: int, variants: dict[str, bool], seeds, starts: int = 0,
+                    refine: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Variant greedy (+ refinement) from the blocks ``seeds`` and the ``starts`` best-ranked first
+    blocks (:meth:`_Variants.starts`); keeps the arrangement with the lowest total MGC."""
+    h, w, _ = image.shape
+    gh, gw = h // block, w // block
+    pieces, nv = _pieces(image, block, variants)
+    nb = gh * gw
+    if nb < 2:
+        grid = np.zeros((gh, gw), dtype=np.int64)
+        return _assemble(pieces, grid), grid, grid.copy()
+    models = _models(pieces)
+    V = _Variants(pieces, models, block, variants)
+    first = list(dict.fromkeys([int(s) % nb for s in seeds] + [int(s) for s in V.starts()[:starts]]))
+    best = None
+    for s in first:
+        grid = _place_variants(V, gh, gw, {(0, 0): s * nv}, fixed_frame=False)
+        e = _grid_energy(models, grid)
+        if refine:
+            grid, e = _refine_variants(grid, pieces, models, V)
+        if best is None or e < best[1]:
+            best = (grid, e)
+    grid = best[0]
     return _assemble(pieces, grid), grid // nv, grid % nv
+
+
+def solve(image: np.ndarray, block: int, rotations: bool = False, negpos: bool = False,
+          colors: bool = False, seed: int = 0, refine: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reassemble one scrambled image (H, W, 3) uint8 with the greedy placer over every variant, from
+    block ``seed``, then (``refine``) :func:`_refine_variants`.
+
+    Returns ``(reconstruction, grid_blocks, grid_variants)``: the image, and for every grid cell the
+    cipher block index placed there and the variant index used (into :func:`block_variants` order).
+    """
+    return _solve_variants(image, block, dict(rotations=rotations, negpos=negpos, colors=colors), [seed],
+                           refine=refine)
 
 
 def solve_best(image: np.ndarray, block: int, rotations: bool = False, negpos: bool = False,
                colors: bool = False, restarts: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scrambling alone: :func:`solve_translation` from ``restarts`` first pieces. With per-block
-    variants: the greedy placer from ``restarts`` seeds, keeping the lowest :func:`seam_cost`."""
+    variants: the variant greedy and refinement from the ``restarts`` best-ranked first blocks,
+    keeping the lowest total MGC."""
     if not (rotations or negpos or colors):
         return solve_translation(image, block, starts=restarts)
-    nb = (image.shape[0] // block) * (image.shape[1] // block)
-    seeds = np.linspace(0, nb - 1, max(restarts, 1)).astype(int)
-    cands = [solve(image, block, rotations, negpos, colors, seed=int(s)) for s in seeds]
-    return min(cands, key=lambda c: seam_cost(c[0], block))
+    return _solve_variants(image, block, dict(rotations=rotations, negpos=negpos, colors=colors), [],
+                           starts=max(restarts, 1))
 
 
 def jigsaw_attack(ciphertexts: np.ndarray, block: int, rotations: bool = False, negpos: bool = False,
