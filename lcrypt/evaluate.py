@@ -451,7 +451,7 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=100, help="evaluation images attacked per dataset")
     p.add_argument("--known", type=int, default=1000, help="train images the adversary holds (look-alikes, pairs)")
     p.add_argument("--split", default=None, help="evaluation split (default: test, then val)")
-    p.add_argument("--jigsaw-images", type=int, default=4, help="images the (slow) full-EtC jigsaw solver attacks")
+    p.add_argument("--jigsaw-images", type=int, default=10, help="images the (slow) full-EtC jigsaw solver attacks")
     p.add_argument("--jigsaw-restarts", type=int, default=2)
     p.add_argument("--jigsaw-sweep", action="store_true", help="also solve scrambling alone and full EtC by image/block size")
     p.add_argument("--itn-steps", type=int, default=150, help="inverse-network training steps (0 = skip)")

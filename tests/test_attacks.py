@@ -168,3 +168,16 @@ def test_jigsaw_on_full_etc_is_measured(rng, fixed_key):
     recon, grids = jigsaw_attack(cipher, 16, rotations=True, negpos=True, colors=True, restarts=1)
     assert recon.shape == plain.shape and sorted(grids[0].ravel()) == list(range(16))
     assert not np.array_equal(recon, cipher)
+
+
+def test_jigsaw_refinement_survives_a_grid_without_best_buddies(rng, fixed_key, monkeypatch):
+    """With no best-buddy seams every cell is its own segment; shifting a corner segment out of the
+    frame once left nothing to place and crashed `lcrypt evaluate` on a real CIFAR-10 ciphertext."""
+    from lcrypt.attacks import jigsaw
+
+    cipher = get_scheme("etc", block_size=8).encrypt(smooth_images(1, 32, rng), fixed_key)[0]
+    compatibility = jigsaw._compatibility
+    monkeypatch.setattr(jigsaw, "_compatibility", lambda D: (compatibility(D)[0], [np.full(len(D[0]), -1)] * 4))
+    for variants in ((False, False, False), (True, True, True)):
+        recon, grids = jigsaw_attack(cipher[None], 8, *variants, restarts=1)
+        assert sorted(grids[0].ravel()) == list(range(16)), variants

@@ -358,6 +358,8 @@ def _refine(grid: np.ndarray, D: list[np.ndarray], M: list[np.ndarray], BB: list
         for dy, dx in sorted(shifts):
             y2, x2 = ys + dy, xs + dx
             ok = (y2 >= 0) & (y2 < gh) & (x2 >= 0) & (x2 < gw)
+            if not ok.any():                                              # shifted wholly out of frame
+                continue
             cells = {(int(a), int(b)): int(grid[y, x]) for a, b, y, x in zip(y2[ok], x2[ok], ys[ok], xs[ok])}
             cands.append(_place(M, BB, gh, gw, cells, fixed_frame=True))
         keep = (counts[inv] >= keep_min).reshape(gh, gw)
@@ -554,6 +556,8 @@ def _refine_variants(grid: np.ndarray, pieces: np.ndarray, models: list[dict[str
         for dy, dx in sorted(shifts):
             y2, x2 = ys + dy, xs + dx
             ok = (y2 >= 0) & (y2 < gh) & (x2 >= 0) & (x2 < gw)
+            if not ok.any():                                              # shifted wholly out of frame
+                continue
             cells = {(int(a), int(b)): int(grid[y, x]) for a, b, y, x in zip(y2[ok], x2[ok], ys[ok], xs[ok])}
             cands.append(_place_variants(V, gh, gw, cells, fixed_frame=True))
         keep = (counts[inv] >= keep_min).reshape(gh, gw)
