@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from lcrypt.attacks.brute_force import brute_force_attack
 from lcrypt.attacks.fr import fr_attack, fr_greedy_attack, global_variants
 from lcrypt.attacks.jigsaw import global_dihedral, jigsaw_attack, neighbour_accuracy, true_block_positions
 from lcrypt.attacks.known_plaintext import chosen_plaintext_attack, known_plaintext_attack, pairs_needed
+from lcrypt.cli import UserError
 from lcrypt.metrics import adjacent_correlation, histogram_entropy, psnr, ssim
 from lcrypt.table import format_table
 
@@ -96,14 +98,28 @@ def iter_chunks(spec: Path, limit: int | None, chunk: int = 1000):
         yield np.stack(buf)
 
 
-def accuracy_from_results(path: Path) -> dict[str, str]:
-    """scheme -> accuracy text from the tables of docs/results.md (first column whose header says 'acc')."""
+def _squash(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def accuracy_from_results(path: Path) -> list[dict[str, str]]:
+    """Accuracy rows of docs/results.md's tables: ``{"scheme", "text", "scope"}`` each.
+
+    A table counts when a header cell says 'acc' or 'top-1'; a row's scheme is the cell that is a
+    scheme name or starts with one ("etc (block 16)"). ``text`` is the figure with the row's model and
+    the section it sits in; ``scope`` is the row's dataset cell, else the document's title, so that a
+    CIFAR-10 accuracy is not quoted beside Imagenette's attacks (see :func:`accuracy_for`).
+    """
     if not path.exists():
-        return {}
-    out: dict[str, str] = {}
+        return []
+    rows: list[dict[str, str]] = []
     header: list[str] | None = None
     names = set(list_schemes())
+    title = section = ""
     for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            level, _, text = line.partition(" ")
+            title, section = (text, "") if level == "#" else (title, text.split(" (")[0].strip())
         if not line.strip().startswith("|"):
             header = None
             continue
@@ -113,12 +129,27 @@ def accuracy_from_results(path: Path) -> dict[str, str]:
             continue
         if set("".join(cells)) <= set("-: "):
             continue
-        acc = [i for i, h in enumerate(header) if "acc" in h]
-        hit = [c for c in cells if c in names]
-        if acc and hit and acc[0] < len(cells):
-            ctx = [cells[i] for i, h in enumerate(header) if h in ("dataset", "data", "model")]
-            text = cells[acc[0]] + (f" ({', '.join(ctx)})" if ctx else "")
-            out[hit[0]] = (out[hit[0]] + "; " + text) if hit[0] in out else text
+        acc = [i for i, h in enumerate(header) if "acc" in h or "top-1" in h]
+        hit = [n for c in cells for n in [c.split(" (")[0].strip("`")] if n in names]
+        if not (acc and hit and acc[0] < len(cells)) or not any(ch.isdigit() for ch in cells[acc[0]]):
+            continue
+        field = {h: cells[i] for i, h in enumerate(header) if i < len(cells)}
+        ctx = [field[h] for h in ("model",) if field.get(h)] + ([section] if section else [])
+        scope = next((field[h] for h in ("dataset", "data") if field.get(h)), title)
+        figure = cells[acc[0]] + ("%" if "%" in header[acc[0]] and "%" not in cells[acc[0]] else "")
+        rows.append({"scheme": hit[0], "text": figure + (f" ({', '.join(ctx)})" if ctx else ""),
+                     "scope": scope})
+    return rows
+
+
+def accuracy_for(rows: list[dict[str, str]], dataset: str) -> dict[str, str]:
+    """scheme -> "; "-joined accuracy texts of the rows whose scope names ``dataset`` (by its first word,
+    e.g. "cifar10" of "cifar10-jpeg.tar.gz", matched ignoring case and punctuation)."""
+    stem = _squash(dataset.replace("_", "-").split("-")[0].split(".")[0])
+    out: dict[str, str] = {}
+    for r in rows:
+        if stem and stem in _squash(r["scope"]):
+            out[r["scheme"]] = f"{out[r['scheme']]}; {r['text']}" if r["scheme"] in out else r["text"]
     return out
 
 
@@ -296,7 +327,7 @@ def _f(v: float | None, nd: int = 2) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
 
 
-def write_report(out: Path, data: dict, command: str, accuracy: dict[str, str]) -> str:
+def write_report(out: Path, data: dict, command: str, accuracy: list[dict[str, str]]) -> str:
     lines = ["# Privacy evaluation of lcrypt's schemes", "",
              f"Produced by `{command}` ({data['date']}, {data['machine']}, {data['seconds']:.0f} s). Every figure "
              "below was measured by that run on real images unless marked as published.", "",
@@ -321,6 +352,7 @@ def write_report(out: Path, data: dict, command: str, accuracy: dict[str, str]) 
                   "|---|---|---|---|---|---|---|---|---|---|"]
         comp = ds.get("compress", {}).get("sizes", {})
         base = comp.get("plain", {}).get("jpeg_q85")
+        acc = accuracy_for(accuracy, ds["name"])
         for r in ds["results"]:
             s = r["scheme"]
             coa, kpa = best_of(r["coa"]), best_of(r["kpa"])
@@ -332,7 +364,7 @@ def write_report(out: Path, data: dict, command: str, accuracy: dict[str, str]) 
                 f"| `{s}` | {r['key_space']['bits']:,.0f} | {_f(r['encrypted']['ssim'])} | "
                 f"{coa[0] if coa else '—'} | {_f(coa[1]) if coa else '—'} | "
                 f"{kpa[0] if kpa else '—'} | {_f(kpa[1]) if kpa else '—'} | {key} | "
-                f"{_f(ratio / base) if ratio and base else '—'}× | {accuracy.get(s, 'not measured yet')} |")
+                f"{_f(ratio / base) if ratio and base else '—'}× | {acc.get(s, 'not measured yet')} |")
         lines += ["", f"![plain, encrypted, best ciphertext-only reconstruction](figures/{ds['slug']}.png)", "",
                   "<details><summary>Every attack, and cipher-image statistics</summary>", "",
                   "| scheme | attack | threat | median SSIM | mean SSIM | median PSNR (dB) | notes |", "|---|---|---|---|---|---|---|"]
@@ -386,8 +418,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"lcrypt evaluate: error: needs {' and '.join(missing)} (JPEG sizes, inverse network); install "
               "them with: pip install 'lcrypt[evaluate]'", file=sys.stderr)
         return 2
-    t0 = time.time()
     out = Path(args.out)
+    if args.rerender:
+        return rerender(Path(args.rerender), out, args)
+    if not args.data:
+        raise UserError("give --data (the datasets to attack), or --rerender RESULTS_JSON to rewrite a report")
+    t0 = time.time()
     (out / "figures").mkdir(parents=True, exist_ok=True)
     names = list_schemes() if args.schemes == "all" else [s.strip() for s in args.schemes.split(",") if s.strip()]
     for n in names:
@@ -433,11 +469,29 @@ def run(args: argparse.Namespace) -> int:
         "train split under 4 adversary keys (on 64×64 windows, block-aligned, for images larger than that) "
         "and applied to the whole target images; a larger network trained longer on a GPU may do better.",
         "* LPIPS is not computed (weights unavailable offline); we do not substitute another score for it.", ""]
+    data["command"] = args.command_line or "lcrypt evaluate " + " ".join(sys.argv[2:])
     (out / "results.json").write_text(json.dumps(data, indent=1, default=float))
-    command = args.command_line or "lcrypt evaluate " + " ".join(sys.argv[2:])
-    write_report(out, data, command, accuracy_from_results(Path(args.results)))
+    write_report(out, data, data["command"], accuracy_from_results(Path(args.results)))
     print(format_table(summary, ["dataset", "scheme", "key bits", "enc SSIM", "best COA", "SSIM", "best KPA", "SSIM"]))
     print(f"\nwrote {out / 'report.md'}, {out / 'results.json'} and {out / 'figures'} in {data['seconds']:.0f} s")
+    return 0
+
+
+def rerender(results_json: Path, out: Path, args: argparse.Namespace) -> int:
+    """Rewrite report.md from an earlier run's results.json, quoting today's docs/results.md: the
+    accuracy figures change more often than the attacks need re-running. Figures are copied along."""
+    if not results_json.is_file():
+        raise UserError(f"{results_json} does not exist; give the results.json an earlier `lcrypt evaluate` wrote")
+    data = json.loads(results_json.read_text())
+    command = data.get("command") or args.command_line
+    if not command:
+        raise UserError(f"{results_json} does not record the command that measured it; pass --command-line")
+    out.mkdir(parents=True, exist_ok=True)
+    figures = results_json.parent / "figures"
+    if figures.is_dir() and figures.resolve() != (out / "figures").resolve():
+        shutil.copytree(figures, out / "figures", dirs_exist_ok=True)
+    write_report(out, data, command, accuracy_from_results(Path(args.results)))
+    print(f"rewrote {out / 'report.md'} from {results_json} (measured {data['date']}) with {args.results}")
     return 0
 
 
@@ -445,7 +499,7 @@ def add_command(subparsers: Any) -> None:
     """Register `lcrypt evaluate` (declared in pyproject's lcrypt.commands entry points)."""
     p = subparsers.add_parser("evaluate", help="run attacks, privacy metrics and compressibility; write a report",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", nargs="+", required=True, help="dataset archives/folders, or a folder of archives")
+    p.add_argument("--data", nargs="+", help="dataset archives/folders, or a folder of archives")
     p.add_argument("--schemes", default="all", help="'all' or a comma-separated list")
     p.add_argument("--out", default="report", help="output folder (report.md, results.json, figures/)")
     p.add_argument("--limit", type=int, default=100, help="evaluation images attacked per dataset")
@@ -460,5 +514,7 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--compress-limit", type=int, default=None, help="images per split for file sizes (default all)")
     p.add_argument("--png-every", type=int, default=10, help="PNG-encode every k-th image and scale (PNG is slow)")
     p.add_argument("--results", default="docs/results.md", help="accuracy figures to quote")
+    p.add_argument("--rerender", metavar="RESULTS_JSON", help="rewrite report.md from an earlier results.json "
+                   "(no attacks run), quoting the current --results accuracy figures")
     p.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
