@@ -1,12 +1,13 @@
 """Jigsaw solver on the first Imagenette val images: scrambling alone and full EtC (224×224, 16-px blocks).
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_jigsaw.py --images 20 --etc-images 4
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_jigsaw.py --images 20 --etc-images 10 \\
+        --module /tmp/jigsaw_old.py
 
 Scrambling alone: median/min SSIM, median correct-neighbour rate and wall seconds per image (one core
 with the variables above). Full EtC: the solver's output is defined up to one global rotation/flip,
 colour order and sign, which an oracle picks by SSIM against the plain image, as lcrypt/evaluate.py does.
-``--module path/to/jigsaw.py`` measures another version of the solver (for instance the previous one,
-``git show <rev>:lcrypt/attacks/jigsaw.py > /tmp/jigsaw_old.py``).
+``--module path/to/jigsaw.py`` measures another version of the solver beside the current one, in the same
+run (for instance the previous one, ``git show <rev>:lcrypt/attacks/jigsaw.py > /tmp/jigsaw_old.py``).
 """
 
 from __future__ import annotations
@@ -22,68 +23,80 @@ from lcrypt import Key, get_scheme
 from lcrypt.attacks.fr import global_variants
 from lcrypt.datasets import load_arrays
 from lcrypt.metrics import ssim
+from lcrypt.table import format_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenette-224.tar.gz"
+
+
+def load_solver(path: str | None):
+    """lcrypt.attacks.jigsaw, or another version of it from a file (to compare side by side)."""
+    if not path:
+        from lcrypt.attacks import jigsaw
+        return jigsaw
+    spec = importlib.util.spec_from_file_location(f"jigsaw_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def measure(J, plain: np.ndarray, key: Key, b: int, full: bool, restarts: int, verbose: bool) -> list[float]:
+    """[median SSIM, min SSIM, median neighbours, mean neighbours, s/image] of one solver on one variant."""
+    gw = plain.shape[2] // b
+    if full:
+        etc = get_scheme("etc", block_size=b)
+        cipher, origin = etc.encrypt(plain, key), J.true_block_positions(etc._transform(key, plain.shape[1:]), b)
+    else:
+        m = J.scramble_only(key, plain.shape[1:], b)
+        cipher, origin = m.forward(plain), J.true_block_positions(m, b)
+    ss, nb, ts = [], [], []
+    for i in range(len(plain)):
+        t = time.perf_counter()
+        r, g = J.jigsaw_attack(cipher[i:i + 1], b, full, full, full, restarts=restarts)
+        ts.append(time.perf_counter() - t)
+        if full:                                     # the oracle picks the one global symmetry left over
+            cands = [(v[0], gg) for im, gg in J.global_dihedral(r[0], g[0])
+                     for v in global_variants(np.ascontiguousarray(im)[None])]
+        else:
+            cands = [(r[0], g[0])]
+        scores = [float(ssim(v, plain[i])[0]) for v, _ in cands]
+        k = int(np.argmax(scores))
+        ss.append(scores[k])
+        nb.append(J.neighbour_accuracy(cands[k][1], origin, gw))
+        if verbose:
+            print(f"  {'full EtC' if full else 'scrambling'} {i:3d}  ssim {ss[-1]:.3f}  "
+                  f"neighbours {nb[-1]:.3f}  {ts[-1]:.2f} s", flush=True)
+    return [float(np.median(ss)), float(np.min(ss)), float(np.median(nb)), float(np.mean(nb)), float(np.mean(ts))]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--images", type=int, default=20, help="scrambling-only images (the first of val; 0 = skip)")
-    p.add_argument("--etc-images", type=int, default=4, help="full-EtC images (the first of val; 0 = skip)")
+    p.add_argument("--etc-images", type=int, default=10, help="full-EtC images (the first of val; 0 = skip)")
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--etc-restarts", type=int, default=1)
     p.add_argument("--block", type=int, default=16)
-    p.add_argument("--module", help="a jigsaw.py to measure instead of lcrypt.attacks.jigsaw")
+    p.add_argument("--module", action="append", default=[],
+                   help="another jigsaw.py to measure beside lcrypt.attacks.jigsaw (repeatable)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
-    if args.module:
-        spec = importlib.util.spec_from_file_location("jigsaw_under_test", args.module)
-        J = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(J)
-    else:
-        from lcrypt.attacks import jigsaw as J
     key = Key(bytes(range(32)), "bench")
     plain = load_arrays(args.data, "val", limit=max(args.images, args.etc_images))[0]
-    b = args.block
-    gw = plain.shape[2] // b
-
-    if args.images:
-        x = plain[:args.images]
-        m = J.scramble_only(key, x.shape[1:], b)
-        cipher, origin = m.forward(x), J.true_block_positions(m, b)
-        ss, nb, ts = [], [], []
-        for i in range(len(x)):
-            t = time.perf_counter()
-            r, g = J.jigsaw_attack(cipher[i:i + 1], b, restarts=args.restarts)
-            ts.append(time.perf_counter() - t)
-            ss.append(float(ssim(r, x[i:i + 1])[0]))
-            nb.append(J.neighbour_accuracy(g[0], origin, gw))
-            if args.verbose:
-                print(f"  scrambling {i:3d}  ssim {ss[-1]:.3f}  neighbours {nb[-1]:.3f}  {ts[-1]:.2f} s")
-        print(f"scrambling only, {len(x)} images: median SSIM {np.median(ss):.3f}  min SSIM {np.min(ss):.3f}  "
-              f"median neighbours {np.median(nb):.3f}  mean neighbours {np.mean(nb):.3f}  {np.mean(ts):.2f} s/image")
-
-    if args.etc_images:
-        x = plain[:args.etc_images]
-        etc = get_scheme("etc", block_size=b)
-        cipher, origin = etc.encrypt(x, key), J.true_block_positions(etc._transform(key, x.shape[1:]), b)
-        ss, nb, ts = [], [], []
-        for i in range(len(x)):
-            t = time.perf_counter()
-            r, g = J.jigsaw_attack(cipher[i:i + 1], b, True, True, True, restarts=args.etc_restarts)
-            ts.append(time.perf_counter() - t)
-            cands = [(v[0], gg) for im, gg in J.global_dihedral(r[0], g[0])
-                     for v in global_variants(np.ascontiguousarray(im)[None])]
-            scores = [float(ssim(v, x[i])[0]) for v, _ in cands]
-            k = int(np.argmax(scores))
-            ss.append(scores[k])
-            nb.append(J.neighbour_accuracy(cands[k][1], origin, gw))
-            if args.verbose:
-                print(f"  full EtC {i:3d}  ssim {ss[-1]:.3f}  neighbours {nb[-1]:.3f}  {ts[-1]:.2f} s")
-        print(f"full EtC, {len(x)} images (oracle global symmetry): median SSIM {np.median(ss):.3f}  "
-              f"min SSIM {np.min(ss):.3f}  median neighbours {np.median(nb):.3f}  mean neighbours {np.mean(nb):.3f}  "
-              f"{np.mean(ts):.2f} s/image")
+    rows = []
+    for path in [None, *args.module]:
+        J = load_solver(path)
+        name = path or "lcrypt.attacks.jigsaw"
+        for full, n, restarts in ((False, args.images, args.restarts), (True, args.etc_images, args.etc_restarts)):
+            if n:
+                rows.append([name, "full EtC (oracle symmetry)" if full else "scrambling only", n,
+                             *measure(J, plain[:n], key, args.block, full, restarts, args.verbose)])
+                print(rows[-1], flush=True)
+    for r in rows:                                   # quality and time relative to the current solver
+        base = next(b for b in rows if b[1] == r[1])
+        r += [r[3] - base[3], r[7] / base[7]]
+    print(format_table([[a, b, c, *(round(v, 3) for v in rest)] for a, b, c, *rest in rows],
+                       ["solver", "steps undone", "images", "median SSIM", "min SSIM", "median nbrs",
+                        "mean nbrs", "s/image", "SSIM - current", "time / current"]))
 
 
 if __name__ == "__main__":
