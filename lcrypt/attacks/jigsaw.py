@@ -341,32 +341,41 @@ def _swap_descent(grid: np.ndarray, D: list[np.ndarray], max_swaps: int = 200) -
     return grid
 
 
+def _segment_moves(grid: np.ndarray, labels: np.ndarray, near: int,
+                   keep_min: int) -> list[dict[tuple[int, int], int]] | None:
+    """Partial arrangements to re-place the rest around (``(y, x) -> piece`` of ``grid``): the largest
+    best-buddy segment shifted by up to ``near`` cells or to each border (cells leaving the frame are
+    dropped; a shift that leaves none is skipped), and every segment of ``keep_min`` or more cells kept
+    where it is. None when one segment already covers the grid."""
+    gh, gw = grid.shape
+    _, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if counts.max() == gh * gw:
+        return None
+    moves = []
+    ys, xs = np.nonzero(inv.reshape(gh, gw) == np.argmax(counts))
+    shifts = {(dy, dx) for dy in range(-near, near + 1) for dx in range(-near, near + 1)}
+    shifts |= {(dy, dx) for dy in (0, -ys.min(), gh - 1 - ys.max()) for dx in (0, -xs.min(), gw - 1 - xs.max())}
+    shifts.discard((0, 0))
+    for dy, dx in sorted(shifts):
+        y2, x2 = ys + dy, xs + dx
+        ok = (y2 >= 0) & (y2 < gh) & (x2 >= 0) & (x2 < gw)
+        if ok.any():
+            moves.append({(int(a), int(b)): int(grid[y, x]) for a, b, y, x in zip(y2[ok], x2[ok], ys[ok], xs[ok])})
+    keep = (counts[inv] >= keep_min).reshape(gh, gw)
+    if keep.any() and not keep.all():
+        moves.append({(int(y), int(x)): int(grid[y, x]) for y, x in zip(*np.nonzero(keep))})
+    return moves
+
+
 def _refine(grid: np.ndarray, D: list[np.ndarray], M: list[np.ndarray], BB: list[np.ndarray],
             rounds: int = 4, near: int = 2, keep_min: int = 4) -> tuple[np.ndarray, float]:
     gh, gw = grid.shape
     e = _energy(grid, D)
     for _ in range(rounds):
-        lab = _segments(grid, BB)
-        _, inv, counts = np.unique(lab, return_inverse=True, return_counts=True)
-        if counts.max() == gh * gw:
+        moves = _segment_moves(grid, _segments(grid, BB), near, keep_min)
+        if moves is None:
             break
-        cands = []
-        ys, xs = np.nonzero(inv.reshape(gh, gw) == np.argmax(counts))
-        shifts = {(dy, dx) for dy in range(-near, near + 1) for dx in range(-near, near + 1)}
-        shifts |= {(dy, dx) for dy in (0, -ys.min(), gh - 1 - ys.max()) for dx in (0, -xs.min(), gw - 1 - xs.max())}
-        shifts.discard((0, 0))
-        for dy, dx in sorted(shifts):
-            y2, x2 = ys + dy, xs + dx
-            ok = (y2 >= 0) & (y2 < gh) & (x2 >= 0) & (x2 < gw)
-            if not ok.any():                                              # shifted wholly out of frame
-                continue
-            cells = {(int(a), int(b)): int(grid[y, x]) for a, b, y, x in zip(y2[ok], x2[ok], ys[ok], xs[ok])}
-            cands.append(_place(M, BB, gh, gw, cells, fixed_frame=True))
-        keep = (counts[inv] >= keep_min).reshape(gh, gw)
-        if keep.any() and not keep.all():
-            cells = {(int(y), int(x)): int(grid[y, x]) for y, x in zip(*np.nonzero(keep))}
-            cands.append(_place(M, BB, gh, gw, cells, fixed_frame=True))
-        cands.append(grid)
+        cands = [_place(M, BB, gh, gw, cells, fixed_frame=True) for cells in moves] + [grid]
         best = _swap_descent(min(cands, key=lambda g: _energy(g, D)), D)
         e2 = _energy(best, D)
         if not e2 < e:
@@ -544,27 +553,10 @@ def _refine_variants(grid: np.ndarray, pieces: np.ndarray, models: list[dict[str
     for _ in range(rounds):
         D = _dissimilarities(pieces[grid.ravel()])                        # the pieces as oriented now
         M, BB = _compatibility(D)
-        lab = _segments(local, BB)
-        _, inv, counts = np.unique(lab, return_inverse=True, return_counts=True)
-        if counts.max() == gh * gw:
+        moves = _segment_moves(grid, _segments(local, BB), near, keep_min)
+        if moves is None:
             break
-        cands = []
-        ys, xs = np.nonzero(inv.reshape(gh, gw) == np.argmax(counts))
-        shifts = {(dy, dx) for dy in range(-near, near + 1) for dx in range(-near, near + 1)}
-        shifts |= {(dy, dx) for dy in (0, -ys.min(), gh - 1 - ys.max()) for dx in (0, -xs.min(), gw - 1 - xs.max())}
-        shifts.discard((0, 0))
-        for dy, dx in sorted(shifts):
-            y2, x2 = ys + dy, xs + dx
-            ok = (y2 >= 0) & (y2 < gh) & (x2 >= 0) & (x2 < gw)
-            if not ok.any():                                              # shifted wholly out of frame
-                continue
-            cells = {(int(a), int(b)): int(grid[y, x]) for a, b, y, x in zip(y2[ok], x2[ok], ys[ok], xs[ok])}
-            cands.append(_place_variants(V, gh, gw, cells, fixed_frame=True))
-        keep = (counts[inv] >= keep_min).reshape(gh, gw)
-        if keep.any() and not keep.all():
-            cells = {(int(y), int(x)): int(grid[y, x]) for y, x in zip(*np.nonzero(keep))}
-            cands.append(_place_variants(V, gh, gw, cells, fixed_frame=True))
-        cands.append(grid)
+        cands = [_place_variants(V, gh, gw, cells, fixed_frame=True) for cells in moves] + [grid]
         best = min(cands, key=lambda g: _grid_energy(models, g))
         best = best.ravel()[_swap_descent(local, _dissimilarities(pieces[best.ravel()]))]
         e2 = _grid_energy(models, best)
