@@ -413,14 +413,14 @@ def write_report(out: Path, data: dict, command: str, accuracy: list[dict[str, s
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    if args.rerender:                                    # no attacks: needs neither simplejpeg nor torch
+        return rerender(Path(args.rerender), Path(args.out), args)
     missing = [m for m in ("simplejpeg", "torch") if importlib.util.find_spec(m) is None]
     if missing:
         print(f"lcrypt evaluate: error: needs {' and '.join(missing)} (JPEG sizes, inverse network); install "
               "them with: pip install 'lcrypt[evaluate]'", file=sys.stderr)
         return 2
     out = Path(args.out)
-    if args.rerender:
-        return rerender(Path(args.rerender), out, args)
     if not args.data:
         raise UserError("give --data (the datasets to attack), or --rerender RESULTS_JSON to rewrite a report")
     t0 = time.time()
