@@ -185,7 +185,8 @@ def main(argv=None) -> int:
     p.add_argument("--throughput", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--train-flags", default="", help="extra training.train flags when not measuring")
-    p.add_argument("--limit", type=int, help="first N images per split (local smoke test)")
+    p.add_argument("--limit", type=int, help="first N images per split, in archive (class) order: a local smoke "
+                   "test of the plumbing only, its accuracy means nothing")
     args = p.parse_args(argv)
     from lcrypt import Key
     from lcrypt.datasets import load_arrays
