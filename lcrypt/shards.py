@@ -703,47 +703,14 @@ def iter_samples(fileobj: IO[bytes], url: str = "") -> Iterator[dict]:
     Consecutive members sharing a key (directory + basename up to the first dot) form one sample.
     A key that reappears later or a repeated extension inside one sample is a format error.
     """
-    current: dict | None = None
-    seen: set[str] = set()
-    for name, data in iter_members(fileobj):
-        d, _, base = name.rpartition("/")
-        if "." not in base:
-            raise ShardFormatError(f"{url}: member {name!r} has no extension")
-        stem, ext = base.split(".", 1)
-        key = f"{d}/{stem}" if d else stem
-        if current is None or current["__key__"] != key:
-            if current is not None:
-                yield current
-            if key in seen:
-                raise ShardFormatError(f"{url}: sample key {key!r} appears twice (members not grouped)")
-            seen.add(key)
-            current = {"__key__": key, "__url__": url}
-        if ext.lower() in current:
-            raise ShardFormatError(f"{url}: sample {key!r} has two .{ext} members")
-        current[ext.lower()] = data
-    if current is not None:
-        yield current
+    for key, parts in _group_members(iter_members(fileobj), url):
+        yield {"__key__": key, "__url__": url, **parts}
 
 
-# -- fast in-memory reading (the loaders' hot path) ----------------------------------------------
-_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
-_REGULAR_TYPES = frozenset(b"0\x007")  # tar typeflags of regular files
-
-
-def iter_records(data: bytes, url: str = "") -> Iterator[Record]:
-    """The samples of a shard held in memory as :data:`Record` tuples, members checked once per sample.
-
-    The same grouping rules as :func:`iter_samples` (consecutive members sharing a key; a key that
-    reappears or a repeated extension is a format error), plus lcrypt's sample rule: exactly one
-    ``.cls`` and one image member (``.png``, ``.npy`` or ``.jpg``). Any other member (``.pyd``,
-    ``.pickle``, ``.json``...) is refused with a ShardFormatError naming the shard and member; nothing
-    is decoded here. Why not iter_samples: on 32x32 JPEGs its per-member file reads, per-header byte
-    sums and per-sample dicts cost more than decoding the image.
-    """
-    data = bytes(data)  # no copy for bytes; the fast path needs bytes' methods
-    members = _plain_tar_members(data)
-    if members is None:  # compressed, pax/GNU names, damaged...: the general streaming reader decides
-        members = iter_members(io.BytesIO(data))
+def _group_members(members: Iterable[tuple[str, bytes]], url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {ext: bytes})`` per sample: the WebDataset grouping rule of :func:`iter_samples` and
+    :func:`iter_records` (consecutive members sharing a key; a key that reappears or a repeated
+    extension is a format error; extensions lower-cased)."""
     seen: set[str] = set()
     key, parts = None, {}
     for name, body in members:
@@ -754,7 +721,7 @@ def iter_records(data: bytes, url: str = "") -> Iterator[Record]:
         member_key = f"{folder}/{stem}" if folder else stem
         if member_key != key:
             if key is not None:
-                yield _make_record(key, parts, url)
+                yield key, parts
             if member_key in seen:
                 raise ShardFormatError(f"{url}: sample key {member_key!r} appears twice (members not grouped)")
             seen.add(member_key)
@@ -764,6 +731,28 @@ def iter_records(data: bytes, url: str = "") -> Iterator[Record]:
             raise ShardFormatError(f"{url}: sample {key!r} has two .{ext} members")
         parts[ext] = body
     if key is not None:
+        yield key, parts
+
+
+# -- fast in-memory reading (the loaders' hot path) ----------------------------------------------
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+_REGULAR_TYPES = frozenset(b"0\x007")  # tar typeflags of regular files
+
+
+def iter_records(data: bytes, url: str = "") -> Iterator[Record]:
+    """The samples of a shard held in memory as :data:`Record` tuples, members checked once per sample.
+
+    The same grouping rules as :func:`iter_samples` (:func:`_group_members`), plus lcrypt's sample
+    rule: exactly one ``.cls`` and one image member (``.png``, ``.npy`` or ``.jpg``). Any other member (``.pyd``,
+    ``.pickle``, ``.json``...) is refused with a ShardFormatError naming the shard and member; nothing
+    is decoded here. Why not iter_samples: on 32x32 JPEGs its per-member file reads and per-header
+    byte sums cost more than decoding the image.
+    """
+    data = bytes(data)  # no copy for bytes; the fast path needs bytes' methods
+    members = _plain_tar_members(data)
+    if members is None:  # compressed, pax/GNU names, damaged...: the general streaming reader decides
+        members = iter_members(io.BytesIO(data))
+    for key, parts in _group_members(members, url):
         yield _make_record(key, parts, url)
 
 

@@ -37,7 +37,7 @@ rotation/inversion, negative-positive transform and colour shuffle).
   the moves undo most of these. Greedy alone on the first 20 images: median SSIM 1.00 but 3 images
   below 0.15, mean correct-neighbour rate 0.93; with refinement the worst is 0.68, mean 0.96. More
   first pieces (``starts``, ``restarts``) changed nothing on the first 60 images.
-* **placement, per-block variants** (:func:`solve`, :func:`solve_best`, full EtC): the variants form
+* **placement, per-block variants** (:func:`solve_best`, full EtC): the variants form
   a group and MGC is invariant when one variant acts on both pieces and their relation, so only the
   nb identity pieces are scored against all nb·96 piece-variants (:class:`_Variants`: relative tables,
   variant composition and side maps); best buddies over variants come from the same tables. Prim-like
@@ -566,10 +566,11 @@ def _refine_variants(grid: np.ndarray, pieces: np.ndarray, models: list[dict[str
     return grid, e
 
 
-def _solve_variants(image: np.ndarray, block: int, variants: dict[str, bool], seeds, starts: int = 0,
-                    refine: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Variant greedy (+ refinement) from the blocks ``seeds`` and the ``starts`` best-ranked first
-    blocks (:meth:`_Variants.starts`); keeps the arrangement with the lowest total MGC."""
+def _solve_variants(image: np.ndarray, block: int, variants: dict[str, bool],
+                    starts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Variant greedy + refinement from the ``starts`` best-ranked first blocks
+    (:meth:`_Variants.starts`); keeps the arrangement with the lowest total MGC. Returns
+    ``(reconstruction, grid_blocks, grid_variants)`` (variant indices in :func:`block_variants` order)."""
     h, w, _ = image.shape
     gh, gw = h // block, w // block
     pieces, nv = _pieces(image, block, variants)
@@ -579,29 +580,14 @@ def _solve_variants(image: np.ndarray, block: int, variants: dict[str, bool], se
         return _assemble(pieces, grid), grid, grid.copy()
     models = _models(pieces)
     V = _Variants(pieces, models, block, variants)
-    first = list(dict.fromkeys([int(s) % nb for s in seeds] + [int(s) for s in V.starts()[:starts]]))
     best = None
-    for s in first:
-        grid = _place_variants(V, gh, gw, {(0, 0): s * nv}, fixed_frame=False)
-        e = _grid_energy(models, grid)
-        if refine:
-            grid, e = _refine_variants(grid, pieces, models, V)
+    for s in V.starts()[:max(starts, 1)]:
+        grid = _place_variants(V, gh, gw, {(0, 0): int(s) * nv}, fixed_frame=False)
+        grid, e = _refine_variants(grid, pieces, models, V)
         if best is None or e < best[1]:
             best = (grid, e)
     grid = best[0]
     return _assemble(pieces, grid), grid // nv, grid % nv
-
-
-def solve(image: np.ndarray, block: int, rotations: bool = False, negpos: bool = False,
-          colors: bool = False, seed: int = 0, refine: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reassemble one scrambled image (H, W, 3) uint8 with the greedy placer over every variant, from
-    block ``seed``, then (``refine``) :func:`_refine_variants`.
-
-    Returns ``(reconstruction, grid_blocks, grid_variants)``: the image, and for every grid cell the
-    cipher block index placed there and the variant index used (into :func:`block_variants` order).
-    """
-    return _solve_variants(image, block, dict(rotations=rotations, negpos=negpos, colors=colors), [seed],
-                           refine=refine)
 
 
 def solve_best(image: np.ndarray, block: int, rotations: bool = False, negpos: bool = False,
@@ -611,8 +597,7 @@ def solve_best(image: np.ndarray, block: int, rotations: bool = False, negpos: b
     keeping the lowest total MGC."""
     if not (rotations or negpos or colors):
         return solve_translation(image, block, starts=restarts)
-    return _solve_variants(image, block, dict(rotations=rotations, negpos=negpos, colors=colors), [],
-                           starts=max(restarts, 1))
+    return _solve_variants(image, block, dict(rotations=rotations, negpos=negpos, colors=colors), restarts)
 
 
 def jigsaw_attack(ciphertexts: np.ndarray, block: int, rotations: bool = False, negpos: bool = False,
