@@ -73,6 +73,7 @@ def main() -> None:
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--images", type=int, default=20, help="scrambling-only images (the first of val; 0 = skip)")
     p.add_argument("--etc-images", type=int, default=10, help="full-EtC images (the first of val; 0 = skip)")
+    p.add_argument("--offset", type=int, default=0, help="skip this many val images first (held-out images)")
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--etc-restarts", type=int, default=1)
     p.add_argument("--block", type=int, default=16)
@@ -81,7 +82,7 @@ def main() -> None:
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
     key = Key(bytes(range(32)), "bench")
-    plain = load_arrays(args.data, "val", limit=max(args.images, args.etc_images))[0]
+    plain = load_arrays(args.data, "val", limit=args.offset + max(args.images, args.etc_images))[0][args.offset:]
     rows = []
     for path in [None, *args.module]:
         J = load_solver(path)

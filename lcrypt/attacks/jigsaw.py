@@ -51,19 +51,16 @@ rotation/inversion, negative-positive transform and colour shuffle).
   any variant (shifts of ±1 cell and frame-aligned ones), scored by total MGC.
 
 Measured with ``bench/bench_jigsaw.py`` on the first Imagenette val images (224×224, 16-px blocks,
-196 pieces, one core). Scrambling alone, first 20 images: median SSIM 1.00 (0.34 with the previous
-L1 greedy/Kruskal solver), worst 0.68 (0.04), median correct-neighbour rate 1.00 (0.62), mean 0.96
-(0.68), 0.09 s per image with one start (0.43 s before, 3 restarts); on val images 60–119, which were
-not used for tuning, median SSIM 1.00 (0.81 before), mean correct neighbours 0.94 (0.77). Full EtC
-(96 variants per block; global symmetry picked by an oracle), first 10 images, 2 starts
-(``--etc-restarts 2``): before (plain variant greedy from blocks 0 and 195) median SSIM 0.53, min 0.07,
-median correct neighbours 0.67, 5 images above SSIM 0.8, 2.9 s per image; now median SSIM 0.79, min
-0.07, median correct neighbours 0.77, 5 images above 0.8 (0, 3, 7, 8, 9; image 8 0.09 → 1.00, image 5
-0.08 → 0.70, image 1 0.90 → 0.10: a different first block), 2.9 s per image. With the old seeds
-(blocks 0 and 195) instead of the ranked starts: median SSIM 0.52, median neighbours 0.83. Images 2, 4
-and 6 still fail from the first placements (correct neighbours < 0.3); images 1 and 5 with ≥ 70%
-correct neighbours but low SSIM hold large segments in different global orientations, which no move
-here re-orients (not implemented: re-orienting a segment as a whole by one variant).
+196 pieces, one core; docs/benchmarks.md has the run beside the earlier L1 solver of 2ab9cb1).
+Scrambling alone, first 20 images: median SSIM 1.00, worst 0.68, median correct-neighbour rate 1.00,
+mean 0.96, 0.08 s per image with one start; on val images 60–119, which were not used for tuning
+(``--offset 60 --images 60``), median SSIM 1.00, mean correct neighbours 0.94, worst SSIM 0.16. Full EtC (96 variants per block; global symmetry
+picked by an oracle), first 10 images: median SSIM 0.79, min 0.07, median correct neighbours 0.77,
+5 images above 0.8, ~2 s per image (the variant greedy without group tables and refinement, 6200bdc,
+gave median 0.53). Images 2, 4 and 6 still fail from the first placements (correct neighbours < 0.3);
+images 1 and 5, with ≥ 70% correct neighbours but low SSIM, hold large segments in different global
+orientations, which no move here re-orients (not implemented: re-orienting a segment as a whole by
+one variant).
 
 The result is defined up to one global symmetry (rotation/flip, colour order, sign) that no edge
 criterion fixes; the caller lets an oracle pick it (:func:`global_dihedral` and
