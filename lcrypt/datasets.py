@@ -377,6 +377,11 @@ def iter_parquet(fileobj: IO[bytes], rel: str, image_column: str, label_column: 
         groups = t.column(group_column).to_pylist() if group_column else [None] * len(labels)
         for img, lab, grp in zip(images, labels, groups):
             data = img.get("bytes") if isinstance(img, dict) else img
+            if lab is None:  # str(None) would become a class named "None"
+                yield Record(source_id=f"{rel}#{row}", split=split, class_name="", data=b"",
+                             layout_error=f"column {label_column!r} is null: a record needs a label")
+                row += 1
+                continue
             name = (class_names[lab] if class_names and isinstance(lab, int) and 0 <= lab < len(class_names)
                     else str(lab))
             yield Record(source_id=f"{rel}#{row}", split=split, class_name=name, data=data or b"",

@@ -145,9 +145,8 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
     """Add the prepare chain to pipeline ``p`` (separate from running it, so it can be built for Dataflow)."""
     import apache_beam as beam
 
-    from lcrypt.datasets import classes_from_names
     from pipelines.sources import FIELDS, ReadRecords
-    from pipelines.transforms import (AssignShardsFn, EncryptChunkFn, FinalizeFn, WriteShardFn, add_pairs,
+    from pipelines.transforms import (AssignShardsFn, ClassNamesFn, EncryptChunkFn, FinalizeFn, WriteShardFn, add_pairs,
                                       dead_letter_reads, dead_letter_rows)
 
     chunks = p | "ReadRecords" >> ReadRecords(source, config.chunk, config.read_parts)
@@ -156,16 +155,15 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
     if class_names is not None:
         names = p | "DeclaredClasses" >> beam.Create([class_names])
     else:
+        # One combine (partial sets in the read stage, one merge): a Distinct + ToList chain cost two more stages.
         names = (chunks
-                 | "ClassNamesOfChunk" >> beam.FlatMap(lambda ch: sorted({t[ci] for t in ch if t[ci] and not t[le]}))
-                 | "DistinctClasses" >> beam.Distinct()
-                 | "AllClasses" >> beam.combiners.ToList()
-                 | "SortClasses" >> beam.Map(classes_from_names))
+                 | "ClassNamesOfChunk" >> beam.Map(lambda ch: {t[ci] for t in ch if t[ci] and not t[le]})
+                 | "AllClasses" >> beam.CombineGlobally(ClassNamesFn()))
     # Per-record rejections, decoder isolation and per-record retries of a failed chunk happen inside
     # EncryptChunkFn; Beam's dead-letter output is the backstop for anything that still escapes a chunk.
     # threshold=1.0: the reject-rate check is per record, in Finalize (--max-reject-rate).
     out = (chunks
-           | "EncryptChunks" >> beam.ParDo(EncryptChunkFn(config), beam.pvalue.AsSingleton(names))
+           | "EncryptChunks" >> beam.ParDo(EncryptChunkFn(config))
            .with_outputs("rejected", "read", main="samples")
            .with_exception_handling(threshold=1.0))
     samples, rejected, read, bad = out["samples"], out["rejected"], out["read"], out["bad"]
@@ -179,7 +177,7 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
                | "AssignShards" >> beam.ParDo(AssignShardsFn(config.shard_size, config.max_shard_bytes),
                                               beam.pvalue.AsDict(totals))
                | "GroupShards" >> beam.GroupByKey()
-               | "WriteShards" >> beam.ParDo(WriteShardFn(config.out, config.encoding)))
+               | "WriteShards" >> beam.ParDo(WriteShardFn(config.out, config.encoding), beam.pvalue.AsSingleton(names)))
     _ = (p | "Once" >> beam.Create([None])
          | "Finalize" >> beam.ParDo(FinalizeFn(config, scheme_info), beam.pvalue.AsList(written),
                                     beam.pvalue.AsList(rejected), beam.pvalue.AsDict(read_counts),
@@ -254,7 +252,7 @@ def plan(args: argparse.Namespace):
         jpeg_subsampling=args.jpeg_subsampling, shard_size=args.shard_size,
         max_shard_bytes=int(args.max_shard_mb * 2**20), size=size,
         expect=None if size else shape, image_shape=[h, w, 3], max_reject_rate=args.max_reject_rate,
-        source_info=source.describe(), declared_labels=declared is not None, progress_dir=progress_dir,
+        source_info=source.describe(), class_names=declared, progress_dir=progress_dir,
         chunk=args.chunk, read_parts=args.read_parts or 1, isolate_decoders=args.isolate_decoders)
     return source, config, declared, scheme.info.as_dict(h, w)
 

@@ -25,7 +25,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from lcrypt import shards
-from lcrypt.datasets import decode_record, match_owner
+from lcrypt.datasets import classes_from_names, decode_record, match_owner
 from lcrypt.images import ImageRejected
 from lcrypt.keys import Key
 from lcrypt.manifest import ERRORS_NAME, Manifest, OwnerEntry, ShardEntry
@@ -60,7 +60,7 @@ class PrepareConfig:
     image_shape: list[int]
     max_reject_rate: float
     source_info: dict[str, Any]
-    declared_labels: bool = False  # labels come with the records (source declared its class names)
+    class_names: list[str] | None = None  # declared by the source; None: gathered from the records' class names
     progress_dir: str | None = None
     chunk: int = 256
     read_parts: int = 1
@@ -99,7 +99,10 @@ ChunkResult = tuple[list, list, dict]
 class EncryptChunkFn(beam.DoFn):
     """A chunk of records -> encrypted encoded samples grouped by (split, owner), plus rejections.
 
-    Outputs: main ``((split, owner), [(key, label, fragment, offset, length), ...])``; ``rejected`` dicts
+    Outputs: main ``((split, owner), [(key, label, fragment, offset, length), ...])``, the label an index
+    when the source declares its class names, else the record's class name (WriteShardFn turns it into
+    an index once every name is known: so this step never waits for a pass over the whole dataset,
+    and the raw records never leave the fused read stage); ``rejected`` dicts
     ``{source, split, owner, reason, detail}``; ``read`` ``((split, owner), n)``. Bad records (corrupt,
     wrong mode, no owner...) are rejected one by one. With ``isolate_decoders`` the chunk is decoded in a
     forked subprocess, so a decoder that crashes its process (a segfault in a C library) costs a
@@ -125,8 +128,8 @@ class EncryptChunkFn(beam.DoFn):
         self.last_report = 0.0
         self.pool = None
 
-    def process(self, chunk, class_names):
-        groups, rejected, read = self._attempt(chunk, class_names)
+    def process(self, chunk):
+        groups, rejected, read = self._attempt(chunk)
         yield from groups
         for row in rejected:
             yield beam.pvalue.TaggedOutput("rejected", row)
@@ -140,11 +143,10 @@ class EncryptChunkFn(beam.DoFn):
             self.pool = None
 
     # -- isolation and retries ---------------------------------------------------------------------
-    def _attempt(self, chunk: list, class_names: list[str]) -> ChunkResult:
+    def _attempt(self, chunk: list) -> ChunkResult:
         """The chunk's result; if it fails as a whole, each record's, rejecting those that fail alone."""
         try:
-            return self._in_subprocess(chunk, class_names) if self.config.isolate_decoders \
-                else self.encrypt_chunk(chunk, class_names)
+            return self._in_subprocess(chunk) if self.config.isolate_decoders else self.encrypt_chunk(chunk)
         except Exception as exc:  # a crashed decoder process (BrokenProcessPool) or an escaped bug
             if len(chunk) == 1:
                 r = tuple_record(chunk[0])
@@ -156,14 +158,14 @@ class EncryptChunkFn(beam.DoFn):
                              "detail": str(exc)[:500]}], {(split, owner): 1}
         groups, rejected, read = [], [], defaultdict(int)
         for t in chunk:
-            g, rj, rd = self._attempt([t], class_names)
+            g, rj, rd = self._attempt([t])
             groups += g
             rejected += rj
             for k, n in rd.items():
                 read[k] += n
         return groups, rejected, dict(read)
 
-    def _in_subprocess(self, chunk: list, class_names: list[str]) -> ChunkResult:
+    def _in_subprocess(self, chunk: list) -> ChunkResult:
         import concurrent.futures
         import multiprocessing
 
@@ -171,7 +173,7 @@ class EncryptChunkFn(beam.DoFn):
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 1, mp_context=multiprocessing.get_context("fork"), initializer=_adopt, initargs=(self,))
         try:
-            return self.pool.submit(_encrypt_in_subprocess, chunk, class_names).result()
+            return self.pool.submit(_encrypt_in_subprocess, chunk).result()
         except concurrent.futures.process.BrokenProcessPool:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
@@ -182,11 +184,11 @@ class EncryptChunkFn(beam.DoFn):
         owner = self.single_owner or match_owner(r, self.config.owner_globs) or NO_OWNER
         return r.split or NO_SPLIT, owner
 
-    def encrypt_chunk(self, chunk: list, class_names: list[str]) -> ChunkResult:
+    def encrypt_chunk(self, chunk: list) -> ChunkResult:
         """Decode (lcrypt.images' rules), encrypt per owner in one vectorised call, encode, and write the
         encoded images to one fragment file; returns refs to them, the rejected rows and the reads."""
         c = self.config
-        index = {n: i for i, n in enumerate(class_names)}
+        index = {n: i for i, n in enumerate(c.class_names)} if c.class_names is not None else None
         read: dict[tuple[str, str], int] = defaultdict(int)
         groups: dict[tuple[str, str], list] = defaultdict(list)
         rejected = []
@@ -200,7 +202,7 @@ class EncryptChunkFn(beam.DoFn):
                 if split != NO_SPLIT:
                     shards.check_split(split)
                 image = decode_record(r, size=c.size, expect=c.expect)
-                label = r.label if c.declared_labels and r.label >= 0 else index[r.class_name]
+                label = label_of(r, index)
             except (ImageRejected, ValueError, KeyError) as exc:
                 reason = exc.reason if isinstance(exc, ImageRejected) else f"invalid: {exc}"
                 rejected.append({"source": r.source_id, "split": split, "owner": owner, "reason": str(reason),
@@ -220,7 +222,7 @@ class EncryptChunkFn(beam.DoFn):
                 refs = []
                 for (sid, label, _), img in zip(items, images):
                     data = shards.encode_image(img, c.encoding, c.jpeg_quality, c.jpeg_subsampling)
-                    refs.append((shards.sample_key(sid, salt), int(label), name, offset, len(data)))
+                    refs.append((shards.sample_key(sid, salt), label, name, offset, len(data)))
                     blob.append(data)
                     offset += len(data)
                 out.append(((split, owner), refs))
@@ -250,6 +252,32 @@ class EncryptChunkFn(beam.DoFn):
         self._progress(0, 0)
 
 
+def label_of(r, index: dict[str, int] | None) -> int | str:
+    """The record's label: its index under the declared class names, else its class name (resolved later)."""
+    if index is None:
+        if not r.class_name:
+            raise ImageRejected("no_class", "the record has no class name (its folder) to label it with")
+        return r.class_name
+    return int(r.label) if r.label >= 0 else index[r.class_name]
+
+
+class ClassNamesFn(beam.CombineFn):
+    """Sets of class names -> the dataset's class list (lcrypt.datasets.classes_from_names: sorted, stable)."""
+
+    def create_accumulator(self) -> set:
+        return set()
+
+    def add_input(self, acc: set, names: set) -> set:
+        acc |= names
+        return acc
+
+    def merge_accumulators(self, accs) -> set:
+        return set().union(*accs)
+
+    def extract_output(self, acc: set) -> list[str]:
+        return classes_from_names(acc)
+
+
 def fragment_name(chunk) -> str:
     """A name fixed by the chunk's content, so a retried bundle rewrites the same fragment."""
     h = hashlib.sha256()
@@ -264,8 +292,8 @@ def _adopt(fn: EncryptChunkFn) -> None:
     _SUBPROCESS_FN = fn
 
 
-def _encrypt_in_subprocess(chunk: list, class_names: list[str]) -> ChunkResult:
-    return _SUBPROCESS_FN.encrypt_chunk(chunk, class_names)
+def _encrypt_in_subprocess(chunk: list) -> ChunkResult:
+    return _SUBPROCESS_FN.encrypt_chunk(chunk)
 
 
 _SUBPROCESS_FN: EncryptChunkFn | None = None  # set in the decoder subprocess only
@@ -329,9 +357,10 @@ class WriteShardFn(beam.DoFn):
     def _join(self, *parts: str) -> str:
         return FileSystems.join(self.out, *parts) if "://" in self.out else os.path.join(self.out, *parts)
 
-    def process(self, element):
+    def process(self, element, class_names):
         (split, owner, idx), lists = element
-        refs = [r for lst in lists for r in lst]
+        index = {n: i for i, n in enumerate(class_names)}
+        refs = [r if isinstance(r[1], int) else (r[0], index[r[1]], *r[2:]) for lst in lists for r in lst]
         data_of: dict[str, bytes] = {}
         by_fragment: dict[str, list] = defaultdict(list)
         for r in refs:

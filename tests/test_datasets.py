@@ -14,6 +14,7 @@ from PIL import Image
 
 from lcrypt import shards
 from lcrypt.datasets import Record, Source, decode_record, detect_kind, load_arrays, match_owner, tree_layout
+from lcrypt.images import ImageRejected
 
 CLASSES = ["bird", "cat", "dog"]
 
@@ -175,6 +176,20 @@ def test_parquet_hugging_face_layout(tmp_path):
     assert all("secret_name" not in r.source_id for r in recs)
     x, y, names = load_arrays(src, "train")
     assert np.array_equal(x, imgs) and list(y) == labels and names == ["zebra", "ant", "mole"]
+
+
+def test_parquet_null_label_is_a_layout_rejection_not_a_class(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    imgs = make_images(3, seed=6)
+    path = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"image": [png_bytes(im) for im in imgs], "label": [2, None, 0]}), path)
+    recs = list(Source.parse(str(path)))
+    assert [r.class_name for r in recs] == ["2", "", "0"]
+    assert not recs[0].layout_error and "is null" in recs[1].layout_error and recs[1].source_id == "plain.parquet#1"
+    with pytest.raises(ImageRejected, match="layout"):
+        decode_record(recs[1])
 
 
 def test_webdataset_shards(tmp_path):
