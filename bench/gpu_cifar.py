@@ -8,8 +8,9 @@
    :class:`lcrypt.manifest.Manifest`) — the same files `lcrypt prepare` writes (PNG, one key, 10 shards
    per split), made from ``lcrypt.datasets.load_arrays`` and ``scheme.encrypt`` in a process pool. The
    time to make them is reported apart and is not part of any training wall time.
-2. ``--throughput``: one ConvMixer-256/8 (patch 1, kernel 9) training step (bf16, channels_last, AdamW,
-   batch 512) timed with CUDA events, eager and compiled, beside the GPU-resident loader's time per
+2. ``--throughput``: one ConvMixer-256/8 (patch 1, kernel 9) training step (AdamW, batch 512) timed with
+   CUDA events in bf16 / fp32, channels_last / contiguous, PyTorch's depthwise kernels or FFT products
+   (``--depthwise fft``); the fastest is used for the runs. Beside it the GPU-resident loader's time per
    batch (index + normalise + encrypted-domain augmentation): the loader must be < 2% of a step.
 3. Each run ``SCHEME:MODEL[:ADAPT]`` launches ``python -m training.train --gpu-resident`` with a number
    of epochs chosen from the measured (or ``--img-per-s``) throughput to fit ``--budget-s`` seconds;
@@ -80,7 +81,7 @@ def build_dataset(arrays: dict, scheme_name: str, params: dict, out: Path, key) 
 
 
 def throughput(manifest: Path, batch: int = 512) -> dict:
-    """ConvMixer-256/8 p1 k9 step time (eager, compiled) and GPU-resident loader time per batch."""
+    """ConvMixer-256/8 p1 k9 step time per variant (precision, layout, depthwise) and loader time per batch."""
     import torch
 
     from lcrypt.manifest import Manifest
@@ -118,18 +119,17 @@ def throughput(manifest: Path, batch: int = 512) -> dict:
         torch.cuda.synchronize()
         return start.elapsed_time(end) / n
 
-    def step_ms(compile_: bool, amp: bool, channels_last: bool, n=20) -> float:
-        model = create_model("convmixer", 10, 32, width=256, depth=8, patch=1, kernel=9).to(dev)
+    def step_ms(amp: bool, channels_last: bool, depthwise: str = "direct", n=20) -> float:
+        model = create_model("convmixer", 10, 32, width=256, depth=8, patch=1, kernel=9, depthwise=depthwise).to(dev)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        fwd = torch.compile(model) if compile_ else model
         x = normalize(data.images[:batch], channels_last)
         y = torch.nn.functional.one_hot(data.labels[:batch], 10).float()
 
         def step():
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                out = fwd(x)
+                out = model(x)
             loss = torch.nn.functional.cross_entropy(out.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -154,9 +154,9 @@ def throughput(manifest: Path, batch: int = 512) -> dict:
     lm = loader_ms()
     variants = {}
     for amp in (True, False):
-        for cl in (True, False):
-            name = f"{'bf16' if amp else 'fp32'}-{'channels_last' if cl else 'contiguous'}"
-            variants[name] = step_ms(False, amp, cl)
+        for cl, depthwise in ((True, "direct"), (False, "direct"), (False, "fft")):
+            name = f"{'bf16' if amp else 'fp32'}-{'channels_last' if cl else 'contiguous'}-{depthwise}"
+            variants[name] = step_ms(amp, cl, depthwise)
             print(f"  step {name}: {variants[name]:.1f} ms", flush=True)
     best = min(variants, key=variants.get)
     step = variants[best]
@@ -214,8 +214,9 @@ def main(argv=None) -> int:
         print(json.dumps(tp, indent=1), flush=True)
         rates.setdefault("convmixer", tp["img_per_s_best"])
         best = tp["best"]
-        extra = (["--no-amp"] if best.startswith("fp32") else []) + (
-            ["--memory-format", "contiguous"] if best.endswith("contiguous") else [])
+        prec, layout, depthwise = best.split("-")
+        extra = (["--no-amp"] if prec == "fp32" else []) + (
+            ["--memory-format", "contiguous"] if layout == "contiguous" else []) + ["--depthwise", depthwise]
     else:
         extra = [f for f in args.train_flags.split() if f]
     for run in runs:

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--depth", type=int, help="ConvMixer/ViT depth")
     a("--patch", type=int, help="patch size (ViT default: the scheme's block size)")
     a("--kernel", type=int, help="ConvMixer depthwise kernel size")
+    a("--depthwise", choices=("direct", "fft"), help="ConvMixer depthwise convolutions: PyTorch's (direct, the "
+      "default) or FFT products (same weights and result; see bench/bench_depthwise.py for which is faster)")
     a("--epochs", type=int, default=10)
     a("--batch-size", type=int, default=128, help="per process")
     a("--opt", default="adamw", choices=("adamw", "sgd"))
@@ -247,7 +249,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     total_steps = steps_per_epoch * args.epochs
     info = manifest.scheme_info or manifest.scheme_object().info.as_dict(*manifest.image_shape[:2])
     block = info.get("block_size")
-    model_kw = {k: getattr(args, k) for k in ("width", "depth", "patch", "kernel")}
+    model_kw = {k: getattr(args, k) for k in ("width", "depth", "patch", "kernel", "depthwise")}
     model = create_model(args.model, manifest.num_classes, manifest.image_shape[0], block, adapt=args.adapt,
                          **model_kw).to(device)
     channels_last = args.memory_format == "channels_last" or (cuda and args.memory_format == "auto")
