@@ -12,8 +12,10 @@ first tries the Prism binary, a download that fails offline.
 
 The chain: ReadRecords (chunks of raw records) -> EncryptChunk (decode by lcrypt.images' rules,
 encrypt per owner in one vectorised call, encode; rejects to errors.jsonl) -> count per (split, owner)
--> AssignShards (salted key mod shard count) -> GroupByKey -> WriteShard (sorted, atomic) -> Finalize
-(errors.jsonl, reject-rate check, index.parquet, manifest.json, _info.json).
+-> AssignShards (salted key mod shard count) -> GroupByKey -> WriteShard (labels to indices, sorted,
+atomic) -> Finalize (errors.jsonl, reject-rate check, index.parquet, manifest.json, _info.json). Class
+names the source does not declare are gathered beside the encryption, never before it: waiting for
+them would hold every raw record in the runner.
 """
 
 from __future__ import annotations
