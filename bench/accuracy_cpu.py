@@ -1,6 +1,7 @@
 """CPU accuracy check: the same small model and budget on plain, pe, etc and le CIFAR-10 (about 10 min, 2 cores).
 
     python bench/accuracy_cpu.py [--source ../shared/datasets/cifar10-jpeg.tar.gz] [--epochs 2]
+    python bench/accuracy_cpu.py --schemes plain,le:block,pe:pe     # SCHEME:ADAPT puts an adaptation network in front
 
 For each scheme: the real `prepare` pipeline (Beam, in-process) encrypts CIFAR-10 with one fresh key into
 PNG shards, then `training.train` (one process, streaming loader) trains a ConvMixer-64/4 (patch 2,
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
     here = Path(__file__).resolve().parents[1]
     p.add_argument("--source", default=str(here.parent / "shared/datasets/cifar10-jpeg.tar.gz"))
     p.add_argument("--work", default="/tmp/lcrypt-accuracy")
-    p.add_argument("--schemes", default="plain,pe,etc,le")
+    p.add_argument("--schemes", default="plain,pe,etc,le", help="comma-separated SCHEME or SCHEME:ADAPT (pe, block)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--kernel", type=int, default=3,
@@ -46,7 +47,8 @@ def main(argv=None) -> int:
         Key.generate("owner").save(key_path)
     rows, results = [], {}
     t_all = time.perf_counter()
-    for scheme in args.schemes.split(","):
+    for run in args.schemes.split(","):
+        scheme, _, adapt = run.partition(":")
         data = work / scheme
         t0 = time.perf_counter()
         if not (data / "manifest.json").exists():
@@ -55,22 +57,22 @@ def main(argv=None) -> int:
             if rc:
                 return rc
         prep_s = time.perf_counter() - t0
-        out = work / f"run-{scheme}"
+        out = work / f"run-{run.replace(':', '-')}"
         t1 = time.perf_counter()
         rc = train(["--data", str(data / "manifest.json"), "--out", str(out), "--model", "convmixer",
                     "--width", "64", "--depth", "4", "--patch", "2", "--kernel", str(args.kernel),
                     "--epochs", str(args.epochs),
                     "--batch-size", str(args.batch_size), "--opt", "adamw", "--lr", "0.005",
                     "--weight-decay", "0.05", "--sched", "cosine", "--warmup-epochs", "0.2",
-                    "--memory-format", "channels_last", "--workers", "0", "--quiet"])
+                    "--memory-format", "channels_last", "--workers", "0", "--adapt", adapt or "none", "--quiet"])
         if rc:
             return rc
         s = json.loads((out / "summary.json").read_text())
-        results[scheme] = {"top1": s["top1"], "images_per_s": s["images_per_s"], "train_s": s["train_s"],
+        results[run] = {"top1": s["top1"], "images_per_s": s["images_per_s"], "train_s": s["train_s"],
                            "prepare_s": prep_s, "wall_s": time.perf_counter() - t1}
     plain = results.get("plain", {}).get("top1")
-    for scheme, r in results.items():
-        rows.append([scheme, f"{r['top1']:.2f}", f"{r['top1'] / plain:.3f}" if plain else "-",
+    for run, r in results.items():
+        rows.append([run, f"{r['top1']:.2f}", f"{r['top1'] / plain:.3f}" if plain else "-",
                      round(r["images_per_s"]), round(r["train_s"]), round(r["prepare_s"])])
     (work / "accuracy.json").write_text(json.dumps(results, indent=1))
     print(format_table(rows, ["scheme", "top-1 %", "ratio to plain", "train img/s", "train s", "prepare s"]))
