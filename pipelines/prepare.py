@@ -300,7 +300,23 @@ def _watch_progress(progress_dir: str, stop: threading.Event, quiet: bool) -> No
     bar.close()
 
 
+def quiet_beam_logging() -> None:
+    """Keep two of Beam's local log lines off the user's terminal: the import-time warning about
+    BigQuery client libraries (prepare never uses BigQuery), and the runner's ERROR record with a
+    traceback of a DoFn's exception, which Beam then re-raises to :func:`run_args` (that reports it:
+    a one-line error for a failed reject-rate check, the full traceback for anything else)."""
+    import logging
+
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's note when the decoder subprocess forks
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    root.addFilter(lambda record: not record.getMessage().startswith("apitools not found"))
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
+
+
 def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    quiet_beam_logging()
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from lcrypt.table import format_table
@@ -360,6 +376,10 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
           f"owners: {', '.join(f'{o.name} (key {o.key_id})' for o in m.owners)}")
     if tot[2]:
         print(f"rejected records and reasons: {os.path.join(config.out, 'errors.jsonl')}")
+    for o in m.owners:
+        if not o.counts:
+            print(f"warning: owner {o.name} has no records: no record matched its \"match\" patterns in "
+                  f"{args.keys}; check them against the source's paths (split/class/file)")
     print(f"check it with: lcrypt verify {config.out}")
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from lcrypt.manifest import Manifest, read_index
 from lcrypt.verify import verify
 from pipelines.prepare import run
 from tests.test_datasets import make_cifar, make_imagefolder, make_parquet, make_wds
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SCHEME = ["--scheme", "etc", "--param", "block_size=8"]
 
@@ -116,6 +120,32 @@ def test_two_worker_multiprocessing_run_is_byte_identical(pooled, tmp_path):
                              "--direct_num_workers", "2"]
     assert run(argv) == 0
     same_dataset(pooled["out"], tmp_path / "mp")
+
+
+def test_command_line_output_is_the_summary_and_clear_messages(pooled, tmp_path):
+    """A real `python -m pipelines.prepare` process: an owner whose patterns match nothing is named, a
+    failed reject-rate check is one line, and Beam's import warning and DoFn tracebacks stay out."""
+    root = pooled["root"]
+    Key.generate("carol").save(tmp_path / "carol.key")
+    owners = json.loads((root / "owners.json").read_text())
+    owners = {n: {**o, "key": str(root / o["key"])} for n, o in owners.items()}
+    owners["carol"] = {"key": str(tmp_path / "carol.key"), "match": ["nothing/*"]}
+    (tmp_path / "owners.json").write_text(json.dumps(owners))
+    argv = list(pooled["argv"])
+    argv[argv.index("--keys") + 1] = str(tmp_path / "owners.json")
+
+    def prepare(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipelines.prepare", *argv, *extra], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+
+    ok = prepare("--out", str(tmp_path / "ok"))
+    assert ok.returncode == 0, ok.stderr
+    assert "warning: owner carol has no records" in ok.stdout and "owner alice" not in ok.stdout
+    strict = prepare("--out", str(tmp_path / "strict"), "--max-reject-rate", "0.05")
+    assert strict.returncode == 1
+    assert "over --max-reject-rate" in strict.stderr
+    for out in (ok, strict):
+        assert "Traceback" not in out.stderr and "apitools" not in out.stderr, out.stderr
 
 
 def test_reject_rate_over_the_limit_fails_the_job(pooled, tmp_path, capsys):
