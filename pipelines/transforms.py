@@ -217,7 +217,7 @@ class EncryptChunkFn(beam.DoFn):
             name = fragment_name(chunk)
             blob, offset = [], 0
             for (split, owner), items in sorted(groups.items()):
-                images = self.scheme.encrypt(np.stack([im for _, _, im in items]), c.keys[owner])
+                images = encrypt_batch(self.scheme, [im for _, _, im in items], c.keys[owner])
                 salt = self.salts[owner]
                 refs = []
                 for (sid, label, _), img in zip(items, images):
@@ -250,6 +250,18 @@ class EncryptChunkFn(beam.DoFn):
     def finish_bundle(self):
         self.last_report = 0.0
         self._progress(0, 0)
+
+
+def encrypt_batch(scheme, images: list[np.ndarray], key: Key) -> list[np.ndarray] | np.ndarray:
+    """Encrypt same-size images: one vectorised call over a stacked batch for small images; one call per
+    image for large ones, where the call overhead is nothing and stacking would copy every image once
+    more (the scheme's gather already writes a new array; see docs/benchmarks.md, prepare pipeline)."""
+    if images[0].nbytes < LARGE_IMAGE_BYTES:
+        return scheme.encrypt(np.stack(images), key)
+    return [scheme.encrypt(im[None], key)[0] for im in images]
+
+
+LARGE_IMAGE_BYTES = 1 << 16  # 64 KiB: 148x148 RGB; CIFAR (3 KB) batches, Imagenette (147 KB) does not
 
 
 def label_of(r, index: dict[str, int] | None) -> int | str:

@@ -291,3 +291,15 @@ def test_shared_cifar10_subset(shared_datasets, tmp_path, fixed_key):
             errs.append(np.mean((plain - by_key[key]) ** 2))
     psnr = 10 * np.log10(255**2 / np.mean(errs))
     assert len(errs) == 200 and psnr > 30  # q85 re-encoding of the encrypted image, then exact decryption
+
+
+def test_encrypt_batch_is_the_batched_encryption_for_large_and_small_images():
+    from pipelines.transforms import LARGE_IMAGE_BYTES, encrypt_batch
+
+    scheme, key = get_scheme("etc", block_size=16), Key.generate("o")
+    rng = np.random.default_rng(3)
+    for side in (32, 160):  # 3 KB batched; 75 KB one call per image
+        images = list(rng.integers(0, 256, (3, side, side, 3), dtype=np.uint8))
+        assert (images[0].nbytes >= LARGE_IMAGE_BYTES) == (side == 160)
+        got = np.stack(list(encrypt_batch(scheme, images, key)))
+        assert np.array_equal(got, scheme.encrypt(np.stack(images), key))
