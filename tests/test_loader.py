@@ -204,17 +204,20 @@ def test_block_drawn_shuffle_is_the_one_by_one_shuffle():
             assert sorted(got) == list(range(total))
 
 
-def _rewrite_first_train_shard(dataset, tmp_path: Path, edit) -> Path:
-    """A copy of the dataset whose first train shard's member list went through ``edit``."""
+def _rewrite_largest_train_shard(dataset, tmp_path: Path, edit) -> tuple[Path, str]:
+    """A copy of the dataset whose largest train shard's member list went through ``edit``; returns the
+    copy and that shard's path. The largest, because the edits touch members 2-4 and the samples fall
+    into shards by a hash of a fresh key: the first shard may hold a single sample."""
     data = tmp_path / "data"
     shutil.copytree(dataset["data"], data)
     m = Manifest.load(data)
-    entry = m.shards_for("train")[0]
+    entry = max(m.shards_for("train"), key=lambda e: e.count)
+    assert entry.count >= 3
     with open(data / entry.path, "rb") as f:
         members = edit(list(shards.iter_members(f)))
     entry.bytes, entry.sha256 = shards.write_tar(data / entry.path, members)
     m.save(data)
-    return data
+    return data, entry.path
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -225,8 +228,7 @@ def _rewrite_first_train_shard(dataset, tmp_path: Path, edit) -> Path:
     (lambda ms: [(n, b"x") if i == 4 else (n, b) for i, (n, b) in enumerate(ms)], "not a decimal class index"),
 ])
 def test_malformed_samples_are_refused_naming_shard_and_member(dataset, tmp_path, edit, match):
-    data = _rewrite_first_train_shard(dataset, tmp_path, edit)
-    shard = Manifest.load(data).shards_for("train")[0].path
+    data, shard = _rewrite_largest_train_shard(dataset, tmp_path, edit)
     loader, _ = make_loader(data, "train", 4, shuffle=False)
     with pytest.raises(shards.ShardFormatError, match=rf"{shard}: .*{match}"):
         for _ in loader:
