@@ -297,24 +297,28 @@ def keep_batch(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
-def make_dataset_class():
-    """ShardDataset as a torch IterableDataset (torch imported lazily: lcrypt users may not have it)."""
-    import torch.utils.data
-
-    class _ShardIterable(ShardDataset, torch.utils.data.IterableDataset):
-        pass
-
-    return _ShardIterable
-
-
 def make_loader(manifest: str | os.PathLike, split: str, batch_size: int, *, rank: int = 0, world: int = 1,
                 num_workers: int = 0, pin_memory: bool = False, **kwargs: Any):
-    """``(DataLoader, dataset)`` over :class:`ShardDataset` with batches made inside the workers."""
+    """``(DataLoader, dataset)`` over :class:`ShardDataset` with batches made inside the workers.
+
+    Workers start from a forkserver, not by forking the training process: under DDP that process
+    runs gloo/NCCL and DataLoader threads, and a fork taken while one of them holds a lock can leave
+    the child stuck forever (seen: an evaluation worker hung at start, its rank waited for it and the
+    other rank in all_reduce). The server preloads torch and this package, so a worker starts in
+    milliseconds; workers stay per epoch, so each picks up :meth:`ShardDataset.set_epoch`.
+    """
+    import multiprocessing
+
     import torch.utils.data
 
-    ds = make_dataset_class()(manifest, split, batch_size, rank=rank, world=world, num_workers=num_workers,
-                              **kwargs)
+    from loaders.torch_dataset import TorchShardDataset
+
+    ds = TorchShardDataset(manifest, split, batch_size, rank=rank, world=world, num_workers=num_workers, **kwargs)
+    context = None
+    if num_workers:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["torch", "loaders.torch_dataset"])
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                                          collate_fn=keep_batch, prefetch_factor=4 if num_workers else None,
-                                         persistent_workers=False)
+                                         persistent_workers=False, multiprocessing_context=context)
     return loader, ds

@@ -27,7 +27,14 @@ def torchrun(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "training.train", "--data", str(data / "manifest.json"), "--out", str(out), *TINY, *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        try:
+            out, err = p.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:  # SIGTERM, which torchrun passes on to its ranks (SIGKILL orphans them)
+            p.terminate()
+            out, err = p.communicate(timeout=60)
+            pytest.fail(f"torchrun hung for {TIMEOUT} s: {' '.join(cmd)}\n{err[-4000:]}")
+    proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
