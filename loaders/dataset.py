@@ -304,8 +304,9 @@ def make_loader(manifest: str | os.PathLike, split: str, batch_size: int, *, ran
     Workers start from a forkserver, not by forking the training process: under DDP that process
     runs gloo/NCCL and DataLoader threads, and a fork taken while one of them holds a lock can leave
     the child stuck forever (seen: an evaluation worker hung at start, its rank waited for it and the
-    other rank in all_reduce). The server preloads torch and this package, so a worker starts in
-    milliseconds; workers stay per epoch, so each picks up :meth:`ShardDataset.set_epoch`.
+    other rank in all_reduce). The server preloads torch and this package, so a worker does not import
+    them again; workers are still made per epoch (not persistent), so each sees
+    :meth:`ShardDataset.set_epoch`.
     """
     import multiprocessing
 
