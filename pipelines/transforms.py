@@ -252,6 +252,9 @@ class EncryptChunkFn(beam.DoFn):
         self._progress(0, 0)
 
 
+LARGE_IMAGE_BYTES = 1 << 16  # 64 KiB: 148x148 RGB; CIFAR (3 KB) batches, Imagenette (147 KB) does not
+
+
 def encrypt_batch(scheme, images: list[np.ndarray], key: Key) -> list[np.ndarray] | np.ndarray:
     """Encrypt same-size images: one vectorised call over a stacked batch for small images; one call per
     image for large ones, where the call overhead is nothing and stacking would copy every image once
@@ -259,9 +262,6 @@ def encrypt_batch(scheme, images: list[np.ndarray], key: Key) -> list[np.ndarray
     if images[0].nbytes < LARGE_IMAGE_BYTES:
         return scheme.encrypt(np.stack(images), key)
     return [scheme.encrypt(im[None], key)[0] for im in images]
-
-
-LARGE_IMAGE_BYTES = 1 << 16  # 64 KiB: 148x148 RGB; CIFAR (3 KB) batches, Imagenette (147 KB) does not
 
 
 def label_of(r, index: dict[str, int] | None) -> int | str:
