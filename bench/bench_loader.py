@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     from lcrypt import Key, shards
     from lcrypt.manifest import Manifest
     from lcrypt.table import format_table
-    from loaders.dataset import make_loader, open_bytes, resolve_shard
+    from lcrypt import storage
+    from loaders.dataset import make_loader, resolve_shard
     from pipelines.prepare import run as prepare
 
     torch.set_num_threads(1)
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
         m = Manifest.load(data)
         split = "test"  # 10,000 images in 2 shards; the same code path as train
         n = m.num_samples(split)
-        blobs = [open_bytes(resolve_shard(str(data), e.path)) for e in m.shards_for(split)]
+        blobs = [storage.read_bytes(resolve_shard(str(data), e.path)) for e in m.shards_for(split)]
         arr = np.stack([img for e in m.shards_for(split) for _, img, _ in shards.read_shard(data / e.path)])
         labels = np.zeros(len(arr), dtype=np.int64)
 

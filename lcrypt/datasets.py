@@ -35,13 +35,13 @@ import dataclasses
 import fnmatch
 import io
 import json
-import os
 import pickle
 import posixpath
-from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+
+from lcrypt import storage
 
 KINDS = ("imagefolder", "tar", "cifar", "parquet", "wds")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -66,43 +66,14 @@ class Record:
 
 # -- file systems -------------------------------------------------------------------------------
 class LocalFS:
-    """Local paths, or any fsspec URL (``gs://...``, ``s3://...``) when fsspec and its plugin are installed."""
+    """The file system a :class:`Source` reads through by default: :mod:`lcrypt.storage` (local paths and
+    fsspec URLs). The Beam pipeline passes its own (pipelines/sources.py: BeamFS)."""
 
-    def _fs(self, path: str):
-        if "://" in path:
-            import fsspec
-
-            return fsspec.core.url_to_fs(path)[0]
-        return None
-
-    def open(self, path: str) -> IO[bytes]:
-        fs = self._fs(path)
-        return fs.open(path, "rb") if fs else open(path, "rb")
-
-    def isdir(self, path: str) -> bool:
-        fs = self._fs(path)
-        return fs.isdir(path) if fs else os.path.isdir(path)
-
-    def exists(self, path: str) -> bool:
-        fs = self._fs(path)
-        return fs.exists(path) if fs else os.path.exists(path)
-
-    def walk(self, root: str) -> list[str]:
-        """Every regular file under ``root`` as a path relative to it (POSIX), sorted."""
-        fs = self._fs(root)
-        if fs:
-            base = root.rstrip("/")
-            return sorted(p.split(base.split("://", 1)[-1].rstrip("/") + "/", 1)[-1] for p in fs.find(base))
-        out = []
-        for d, dirs, files in os.walk(root):
-            dirs.sort()
-            rel = os.path.relpath(d, root)
-            for f in files:
-                out.append(f if rel == "." else f"{Path(rel).as_posix()}/{f}")
-        return sorted(out)
-
-    def join(self, root: str, rel: str) -> str:
-        return f"{root.rstrip('/')}/{rel}" if "://" in root else os.path.join(root, rel)
+    open = staticmethod(storage.open_file)
+    isdir = staticmethod(storage.isdir)
+    exists = staticmethod(storage.exists)
+    walk = staticmethod(storage.walk)
+    join = staticmethod(storage.join)
 
 
 # -- source specs -------------------------------------------------------------------------------

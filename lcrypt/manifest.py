@@ -32,6 +32,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from lcrypt import storage
+
 MANIFEST_FORMAT = "lcrypt-dataset/1"
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.parquet"
@@ -191,18 +193,30 @@ class Manifest:
 
     @classmethod
     def load(cls, path_or_dir: str | os.PathLike) -> "Manifest":
-        """Read a manifest from its file or from the dataset folder holding it."""
-        path = Path(path_or_dir)
-        if path.is_dir():
-            path = path / MANIFEST_NAME
+        """Read a manifest from its file or from the dataset folder holding it (local or a URL)."""
+        path = manifest_path(path_or_dir)
         try:
-            body = json.loads(path.read_text())
+            body = json.loads(storage.read_bytes(path))
         except FileNotFoundError:
             raise ManifestError(f"{path} not found: is this an lcrypt dataset folder (made by `lcrypt prepare`)?"
                                 ) from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ManifestError(f"{path} is not valid JSON ({exc}); the dataset folder is damaged") from None
         return cls.from_dict(body)
+
+
+def manifest_path(path_or_dir: str | os.PathLike) -> str:
+    """The manifest.json of a dataset given as the folder or as the file itself (local or a URL)."""
+    text = str(path_or_dir)
+    if text.endswith(".json") or not storage.is_url(text) and not storage.isdir(text):
+        return text
+    return storage.join(text, MANIFEST_NAME)
+
+
+def dataset_folder(path_or_dir: str | os.PathLike) -> str:
+    """The folder of a dataset given as the folder or as its manifest.json (local or a URL)."""
+    path = manifest_path(path_or_dir)
+    return path.rsplit("/", 1)[0] if storage.is_url(path) else os.path.dirname(path) or "."
 
 
 # -- index.parquet ---------------------------------------------------------------------------------
@@ -237,9 +251,10 @@ def write_index(directory: str | os.PathLike, rows: Iterable[Mapping[str, Any]])
 
 def read_index(directory: str | os.PathLike):
     """index.parquet of a dataset folder as a pyarrow Table (columns key, shard, label, owner, split)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(directory) / INDEX_NAME
-    if not path.exists():
+    path = storage.join(directory, INDEX_NAME)
+    if not storage.exists(path):
         raise ManifestError(f"{path} not found: the dataset folder is incomplete; re-run `lcrypt prepare`")
-    return pq.read_table(path)
+    return pq.read_table(pa.BufferReader(storage.read_bytes(path)))

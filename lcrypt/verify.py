@@ -15,15 +15,13 @@ import hashlib
 import os
 import sys
 from collections import defaultdict
-from pathlib import Path
-
-from lcrypt import shards
+from lcrypt import shards, storage
 from lcrypt.manifest import Manifest, ManifestError, read_index
 
 
 def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str], dict]:
     """``(problems, totals)``: every problem found (empty when the dataset is intact) and counts checked."""
-    directory = Path(directory)
+    directory = str(directory)
     problems: list[str] = []
     totals = {"shards": 0, "samples": 0, "bytes": 0}
     try:
@@ -45,13 +43,13 @@ def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str
     expected_ext = shards.IMAGE_EXT.get(m.encoding)
     h, w = m.image_shape[:2]
     for entry in m.shards:
-        path = directory / entry.path
+        path = storage.join(directory, entry.path)
         totals["shards"] += 1
-        if not path.exists():
+        if not storage.exists(path):
             problems.append(f"{entry.path}: missing (the manifest lists it with {entry.count} samples); "
                             "re-run `lcrypt prepare` or restore the file")
             continue
-        data = path.read_bytes()
+        data = storage.read_bytes(path)
         totals["bytes"] += len(data)
         if len(data) != entry.bytes:
             problems.append(f"{entry.path}: {len(data)} bytes on disk, the manifest says {entry.bytes} (truncated "
@@ -103,7 +101,7 @@ def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str
             problems.append(f"{entry.path}: sample keys differ from index.parquet ({len(missing)} indexed but absent"
                             f"{': ' + ', '.join(missing[:3]) if missing else ''}; {len(extra)} present but not indexed"
                             f"{': ' + ', '.join(extra[:3]) if extra else ''})")
-    on_disk = {p.relative_to(directory).as_posix() for p in directory.glob("*/*.tar")}
+    on_disk = {f for f in storage.walk(directory) if f.count("/") == 1 and f.endswith(".tar")}
     for stray in sorted(on_disk - listed):
         problems.append(f"{stray}: shard file not listed in the manifest (left from another run?)")
     for o in m.owners:
@@ -136,7 +134,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def add_command(subparsers) -> None:
     """The `lcrypt verify` plugin."""
     p = subparsers.add_parser("verify", help="re-hash every shard of a prepared dataset and check it")
-    p.add_argument("dir", help="dataset folder made by `lcrypt prepare`")
+    p.add_argument("dir", help="dataset folder made by `lcrypt prepare` (a local path or an fsspec URL: gs://...)")
     p.add_argument("--decode", action="store_true", help="also decode every image and check its shape")
     p.set_defaults(func=cmd_verify)
 

@@ -26,13 +26,12 @@ import collections
 import hashlib
 import itertools
 import os
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from lcrypt import shards
-from lcrypt.manifest import Manifest
+from lcrypt import shards, storage
+from lcrypt.manifest import Manifest, dataset_folder
 from loaders import plan as planning
 
 DEFAULT_BUFFER = 2000
@@ -62,30 +61,9 @@ def resolve_shard(base: str, rel: str) -> str:
     return f"{base.rstrip('/')}/{rel}"
 
 
-def open_bytes(url: str) -> bytes:
-    """All bytes of a shard, local or via fsspec (gs://, s3://, ...)."""
-    if "://" in url and not url.startswith("file://"):
-        import fsspec
-
-        with fsspec.open(url, "rb") as f:
-            return f.read()
-    return Path(url.removeprefix("file://")).read_bytes()
-
-
 def load_manifest(path: str | os.PathLike) -> tuple[Manifest, str]:
     """``(manifest, base folder)`` from a manifest.json path or the dataset folder (local or fsspec)."""
-    text = str(path)
-    if "://" in text and not text.startswith("file://"):
-        import json
-
-        import fsspec
-
-        url = text if text.endswith(".json") else text.rstrip("/") + "/manifest.json"
-        with fsspec.open(url, "rt") as f:
-            return Manifest.from_dict(json.load(f)), url.rsplit("/", 1)[0]
-    p = Path(text.removeprefix("file://"))
-    m = Manifest.load(p)
-    return m, str(p if p.is_dir() else p.parent)
+    return Manifest.load(path), dataset_folder(path)
 
 
 ALLOWED_EXTS = frozenset({shards.LABEL_EXT, *shards.EXT_ENCODING})
@@ -222,7 +200,7 @@ class ShardDataset:
 
     # -- reading --------------------------------------------------------------------------------
     def _shard_bytes(self, index: int) -> bytes:
-        data = open_bytes(self.urls[index])
+        data = storage.read_bytes(self.urls[index])
         if self.verify_sha256:
             digest = hashlib.sha256(data).hexdigest()
             if digest != self.entries[index].sha256:

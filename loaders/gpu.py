@@ -17,8 +17,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from lcrypt import shards
-from loaders.dataset import check_key_ids, load_manifest, open_bytes, resolve_shard
+from lcrypt import shards, storage
+from loaders.dataset import check_key_ids, load_manifest, resolve_shard
 
 
 def read_split(manifest: str | os.PathLike, split: str, owner: str | None = None, threads: int = 8,
@@ -30,7 +30,7 @@ def read_split(manifest: str | os.PathLike, split: str, owner: str | None = None
 
     def one(entry) -> tuple[np.ndarray, np.ndarray, list[str]]:
         url = resolve_shard(base, entry.path)
-        records = list(shards.iter_records(open_bytes(url), url))  # members checked, as the streaming loader
+        records = list(shards.iter_records(storage.read_bytes(url), url))  # members checked, as the streaming loader
         if len(records) != entry.count:
             raise shards.ShardFormatError(f"{url}: holds {len(records)} samples, manifest says {entry.count}")
         if not records:
