@@ -25,10 +25,11 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from lcrypt import shards
 from lcrypt.keys import Key, KeyFileError
@@ -129,13 +130,18 @@ def load_owners(spec: str) -> tuple[dict[str, Key], list[tuple[str, list[str]]],
 
 
 # -- runner ---------------------------------------------------------------------------------------------
+def is_local_runner(options) -> bool:
+    """DirectRunner (the default): the workers are processes of this machine."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return options.view_as(StandardOptions).runner in (None, "DirectRunner", "direct", "FnApiRunner")
+
+
 def make_pipeline(options):
     """A Pipeline on the requested runner; the Python direct engine (never Prism) for DirectRunner."""
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import StandardOptions
 
-    runner = options.view_as(StandardOptions).runner
-    if runner in (None, "DirectRunner", "direct", "FnApiRunner"):
+    if is_local_runner(options):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return beam.Pipeline(runner=FnApiRunner(), options=options)
@@ -188,7 +194,8 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
 
 # -- the command ------------------------------------------------------------------------------------------
 def plan(args: argparse.Namespace):
-    """Validate everything before any work; returns (source, config, declared class names, scheme info)."""
+    """Validate options, keys and source before any work (run_args then checks --out); returns (source,
+    config, declared class names, scheme info)."""
     from lcrypt.datasets import decode_record, source_class_names
     from lcrypt.images import ImageRejected, parse_size
     from lcrypt.schemes import get_scheme
@@ -225,7 +232,6 @@ def plan(args: argparse.Namespace):
                              label_column=args.label_column, group_column=args.owner_column or column)
     except (FileNotFoundError, ValueError) as exc:
         raise PrepareError(f"--source {args.source}: {exc}") from None
-    _check_out(args.out, args.overwrite)
     # Probe: the first decodable image fixes the dataset's size when --size is not given.
     shape = None
     if size is None:
@@ -247,33 +253,35 @@ def plan(args: argparse.Namespace):
     if declared is None and source.kind == "cifar":
         declared = source_class_names(source)
     name = args.name or Path(str(args.out).rstrip("/")).name or "dataset"
-    progress_dir = None if "://" in args.out else os.path.join(args.out, ".progress")
     config = PrepareConfig(
         out=str(args.out), name=name, scheme=scheme.info.name, scheme_params=dict(scheme.params), keys=keys,
         owner_globs=globs, encoding=encoding, jpeg_quality=args.jpeg_quality,
         jpeg_subsampling=args.jpeg_subsampling, shard_size=args.shard_size,
         max_shard_bytes=int(args.max_shard_mb * 2**20), size=size,
         expect=None if size else shape, image_shape=[h, w, 3], max_reject_rate=args.max_reject_rate,
-        source_info=source.describe(), class_names=declared, progress_dir=progress_dir,
+        source_info=source.describe(), class_names=declared,
         chunk=args.chunk, read_parts=args.read_parts or 1, isolate_decoders=args.isolate_decoders)
     return source, config, declared, scheme.info.as_dict(h, w)
 
 
 def _check_out(out: str, overwrite: bool) -> None:
-    if "://" in out:
+    """Refuse to write into a folder that holds anything (a dataset: unless --overwrite, which deletes
+    only what an earlier prepare wrote). The same rules for a local folder and a gs:// prefix."""
+    from pipelines import outdir
+
+    if not outdir.is_remote(out) and os.path.exists(out) and not os.path.isdir(out):
+        raise PrepareError(f"--out {out} is a file; give a folder")
+    try:
+        files = outdir.list_files(out)
+    except ValueError as exc:  # Beam has no file system for the scheme (e.g. gs:// without apache-beam[gcp])
+        raise PrepareError(f"--out {out}: {exc}") from None
+    if not files:
         return
-    path = Path(out)
-    if path.exists() and any(path.iterdir()):
-        if not (path / "manifest.json").exists() and not overwrite:
-            raise PrepareError(f"--out {out} exists and is not empty; choose a new folder (or --overwrite)")
-        if not overwrite:
-            raise PrepareError(f"--out {out} already holds a dataset; pass --overwrite to replace it")
-        for child in path.iterdir():  # only what prepare writes: split folders of shards and its files
-            if child.is_dir() and all(f.suffix == ".tar" or f.name.startswith(".") for f in child.iterdir()):
-                shutil.rmtree(child)
-            elif child.name in ("manifest.json", "index.parquet", "_info.json", "errors.jsonl", ".progress",
-                                ".fragments"):
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    if outdir.MANIFEST_NAME not in files and not overwrite:
+        raise PrepareError(f"--out {out} exists and is not empty; choose a new folder (or --overwrite)")
+    if not overwrite:
+        raise PrepareError(f"--out {out} already holds a dataset; pass --overwrite to replace it")
+    outdir.delete(out, outdir.previous_run(files))
 
 
 def _watch_progress(progress_dir: str, stop: threading.Event, quiet: bool) -> None:
@@ -320,9 +328,11 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from lcrypt.table import format_table
+    from pipelines import outdir
 
     try:
         source, config, declared, scheme_info = plan(args)
+        _check_out(args.out, args.overwrite)
     except PrepareError as exc:
         print(f"lcrypt prepare: error: {exc}", file=sys.stderr)
         return 2
@@ -334,8 +344,8 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     t0 = time.perf_counter()
     stop = threading.Event()
     watcher = None
-    if config.progress_dir:
-        os.makedirs(config.progress_dir, exist_ok=True)
+    if is_local_runner(options):  # workers on this machine drop their counters in a local folder
+        config.progress_dir = tempfile.mkdtemp(prefix="lcrypt-progress-")
         watcher = threading.Thread(target=_watch_progress, args=(config.progress_dir, stop, args.quiet), daemon=True)
         watcher.start()
     try:
@@ -358,14 +368,9 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
             watcher.join()
         if config.progress_dir:
             shutil.rmtree(config.progress_dir, ignore_errors=True)
-            shutil.rmtree(os.path.join(config.out, ".fragments"), ignore_errors=True)  # after a failure
+        outdir.remove_fragments(config.out)  # after a failure (Finalize removes them after a success)
     wall = time.perf_counter() - t0
-    from lcrypt.manifest import Manifest
-
-    if "://" in config.out:
-        print(f"prepared {config.out} in {wall:.1f} s")
-        return 0
-    m = Manifest.load(config.out)
+    m = outdir.load_manifest(config.out)
     rows = [[s["split"], s["owner"], s["read"], s["written"], s["rejected"], s["bytes"], s["written"] / wall]
             for s in m.stats]
     tot = [sum(r[i] for r in rows) for i in range(2, 6)]
@@ -375,7 +380,7 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
           f"{' q' + str(m.jpeg_quality) if m.jpeg_quality else ''}, {wall:.1f} s wall; "
           f"owners: {', '.join(f'{o.name} (key {o.key_id})' for o in m.owners)}")
     if tot[2]:
-        print(f"rejected records and reasons: {os.path.join(config.out, 'errors.jsonl')}")
+        print(f"rejected records and reasons: {outdir.join(config.out, outdir.ERRORS_NAME)}")
     for o in m.owners:
         if not o.counts:
             print(f"warning: owner {o.name} has no records: no record matched its \"match\" patterns in "
@@ -392,7 +397,6 @@ def construct(argv: Sequence[str]):
     add_arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
     source, config, declared, scheme_info = plan(args)
-    config.progress_dir = None
     p = make_pipeline(PipelineOptions(list(beam_args)))
     build(p, source, config, declared, scheme_info)
     return p

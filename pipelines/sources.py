@@ -31,7 +31,9 @@ class BeamFS:
             import os
 
             return os.path.isdir(path)
-        return bool(FileSystems.match([path.rstrip("/") + "/*"])[0].metadata_list) and \
+        # an object store (gs://, s3://) has no folders: a "folder" is a prefix some object has; "**"
+        # because "*" stops at "/", and a dataset's files sit below its split and class folders
+        return bool(FileSystems.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list) and \
             not FileSystems.exists(path)
 
     def exists(self, path: str) -> bool:

@@ -22,17 +22,17 @@ from typing import Any, Iterator
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 
 from lcrypt import shards
 from lcrypt.datasets import classes_from_names, decode_record, match_owner
 from lcrypt.images import ImageRejected
 from lcrypt.keys import Key
 from lcrypt.manifest import ERRORS_NAME, Manifest, OwnerEntry, ShardEntry
-from pipelines.sources import FIELDS, tuple_record
+from pipelines import outdir
+from pipelines.outdir import FRAGMENTS, remove_fragments, write_atomic
+from pipelines.sources import tuple_record
 
 NO_OWNER = "-"
-FRAGMENTS = ".fragments"  # encoded images between encryption and shard writing; removed by Finalize
 NO_SPLIT = "-"
 
 
@@ -65,30 +65,6 @@ class PrepareConfig:
     chunk: int = 256
     read_parts: int = 1
     isolate_decoders: bool = True  # EncryptChunkFn runs in a subprocess: a decoder crash rejects, not kills
-
-
-def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
-    """Local: temp file + fsync + rename. Other file systems: Beam create to a temp name + rename.
-
-    ``durable=False`` skips the fsync, for the pipeline's own scratch files (fragments): they are
-    rewritten by a retried bundle and deleted at the end, so a crash can only lose work, never leave
-    a half-written file under the final name. (cProfile of a CIFAR-10 run: 0.3 s of 7.7 s in fsync,
-    nearly all of it on the 235 fragments.)
-    """
-    if "://" not in path:
-        if durable:
-            shards.atomic_write(path, data)
-        else:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        return
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(tmp) as f:
-        f.write(data)
-    FileSystems.rename([tmp], [path])
 
 
 ChunkResult = tuple[list, list, dict]
@@ -226,12 +202,8 @@ class EncryptChunkFn(beam.DoFn):
                     blob.append(data)
                     offset += len(data)
                 out.append(((split, owner), refs))
-            write_atomic(self._join(FRAGMENTS, name), b"".join(blob), durable=False)
+            write_atomic(outdir.join(c.out, FRAGMENTS, name), b"".join(blob), durable=False)
         return out, rejected, dict(read)
-
-    def _join(self, *parts: str) -> str:
-        out = self.config.out
-        return FileSystems.join(out, *parts) if "://" in out else os.path.join(out, *parts)
 
     def _progress(self, n_read: int, n_rejected: int) -> None:
         self.done["read"] += n_read
@@ -366,9 +338,6 @@ class WriteShardFn(beam.DoFn):
     def __init__(self, out: str, encoding: str):
         self.out, self.encoding = out, encoding
 
-    def _join(self, *parts: str) -> str:
-        return FileSystems.join(self.out, *parts) if "://" in self.out else os.path.join(self.out, *parts)
-
     def process(self, element, class_names):
         (split, owner, idx), lists = element
         index = {n: i for i, n in enumerate(class_names)}
@@ -378,7 +347,7 @@ class WriteShardFn(beam.DoFn):
         for r in refs:
             by_fragment[r[2]].append(r)
         for frag, rs in sorted(by_fragment.items()):
-            with FileSystems.open(self._join(FRAGMENTS, frag), compression_type="uncompressed") as f:
+            with outdir.open_read(outdir.join(self.out, FRAGMENTS, frag)) as f:
                 for key, _, _, offset, length in sorted(rs, key=lambda r: r[3]):
                     f.seek(offset)
                     data_of[key] = f.read(length)
@@ -390,24 +359,13 @@ class WriteShardFn(beam.DoFn):
             members.append((f"{key}.{ext}", data))
         data = shards.tar_bytes(members)
         rel = shards.shard_path(split, owner, idx)
-        write_atomic(FileSystems.join(self.out, rel) if "://" in self.out else os.path.join(self.out, rel), data)
+        write_atomic(outdir.join(self.out, rel), data)
         entry = dataclasses.asdict(ShardEntry(path=rel, owner=owner, split=split, count=len(samples),
                                               bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
         # index rows travel compactly: Beam sizes side inputs by walking them, which cost seconds on 60k dicts
         keys = "\n".join(k for k, _, _ in samples)
         labels = np.array([lab for _, lab, _ in samples], dtype="<i8").tobytes()
         yield entry, keys, labels
-
-
-def remove_fragments(out: str) -> None:
-    if "://" in out:
-        path = FileSystems.join(out, FRAGMENTS)
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
-    else:
-        import shutil
-
-        shutil.rmtree(os.path.join(out, FRAGMENTS), ignore_errors=True)
 
 
 class FinalizeFn(beam.DoFn):
@@ -418,9 +376,9 @@ class FinalizeFn(beam.DoFn):
 
     def process(self, _, written, rejected, read, class_names):
         c = self.config
-        join = (lambda rel: FileSystems.join(c.out, rel)) if "://" in c.out else (lambda rel: os.path.join(c.out, rel))
         rejected = sorted(rejected, key=lambda r: (r["split"], r["owner"], r["source"]))
-        write_atomic(join(ERRORS_NAME), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected).encode())
+        errors = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected)
+        write_atomic(outdir.join(c.out, ERRORS_NAME), errors.encode())
         entries = [ShardEntry(**e) for e, _, _ in written]
         stats = defaultdict(lambda: {"read": 0, "written": 0, "rejected": 0, "bytes": 0})
         for (split, owner), n in read.items():
@@ -441,8 +399,8 @@ class FinalizeFn(beam.DoFn):
             remove_fragments(c.out)
             raise RejectRateExceeded(
                 f"{total_rej} of {total_read} records rejected ({total_rej / total_read:.1%}), over "
-                f"--max-reject-rate {c.max_reject_rate:.1%}; see {join(ERRORS_NAME)} for each record and reason, "
-                "fix the source or use --size / raise --max-reject-rate")
+                f"--max-reject-rate {c.max_reject_rate:.1%}; see {outdir.join(c.out, ERRORS_NAME)} for each record "
+                "and reason, fix the source or use --size / raise --max-reject-rate")
         owners = []
         for name, key in sorted(c.keys.items()):
             counts = {e.split: 0 for e in entries if e.owner == name}
