@@ -17,8 +17,6 @@ import tarfile
 import tempfile
 import time
 
-import numpy as np
-
 
 def read_members(path: str, limit: int | None = None) -> list[tuple[str, bytes]]:
     out = []

@@ -40,7 +40,6 @@ import io
 import os
 import re
 import struct
-import tarfile
 import tempfile
 import zlib
 from pathlib import Path

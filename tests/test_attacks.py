@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lcrypt import Key, get_scheme
+from lcrypt import get_scheme
 from lcrypt.attacks import ATTACKS, get_attack
 from lcrypt.attacks.fr import fr_attack, fr_greedy_attack, resolve_global
 from lcrypt.attacks.jigsaw import jigsaw_attack, neighbour_accuracy, scramble_only, true_block_positions
