@@ -116,11 +116,12 @@ def test_rerun_is_byte_identical(pooled, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_worker_multiprocessing_run_is_byte_identical(pooled, tmp_path):
-    argv = pooled["argv"] + ["--out", str(tmp_path / "mp"), "--direct_running_mode", "multi_processing",
+@pytest.mark.parametrize("mode", ["multi_processing", "multi_threading"])
+def test_two_worker_run_is_byte_identical(pooled, tmp_path, mode):
+    argv = pooled["argv"] + ["--out", str(tmp_path / "two"), "--direct_running_mode", mode,
                              "--direct_num_workers", "2"]
     assert run(argv) == 0
-    same_dataset(pooled["out"], tmp_path / "mp")
+    same_dataset(pooled["out"], tmp_path / "two")
 
 
 def test_command_line_output_is_the_summary_and_clear_messages(pooled, tmp_path):
