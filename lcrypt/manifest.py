@@ -208,7 +208,7 @@ class Manifest:
 def manifest_path(path_or_dir: str | os.PathLike) -> str:
     """The manifest.json of a dataset given as the folder or as the file itself (local or a URL)."""
     text = str(path_or_dir)
-    if text.endswith(".json") or not storage.is_url(text) and not storage.isdir(text):
+    if text.endswith(".json") or (not storage.is_url(text) and not storage.isdir(text)):
         return text
     return storage.join(text, MANIFEST_NAME)
 

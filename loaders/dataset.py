@@ -58,7 +58,7 @@ def resolve_shard(base: str, rel: str) -> str:
     shards.parse_shard_path(rel)  # ValueError for '..', absolute paths, 'pipe:' and anything else
     if base.startswith("pipe:"):
         raise ValueError("pipe: URLs are never opened (they run a shell command); give a path or fsspec URL")
-    return f"{base.rstrip('/')}/{rel}"
+    return storage.join(base, rel)
 
 
 def load_manifest(path: str | os.PathLike) -> tuple[Manifest, str]:

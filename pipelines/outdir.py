@@ -1,4 +1,5 @@
-"""The ``--out`` folder of ``prepare`` on any Beam file system: local paths, and gs:// or s3:// object stores.
+"""The ``--out`` folder of ``prepare`` (and the listing of sources) on any Beam file system: local paths,
+and gs:// or s3:// object stores.
 
 An object store has no folders: a "folder" is a key prefix, it never "exists", deleting its name
 deletes nothing, and ``*`` stops at ``/``. Every path operation of the pipeline goes through here so that

@@ -8,28 +8,28 @@ exceed the work on a 1 KB CIFAR JPEG.
 
 from __future__ import annotations
 
-import posixpath
+import os
 from typing import IO, Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from lcrypt.datasets import Record, Source
+from pipelines import outdir
 
 FIELDS = ("source_id", "split", "class_name", "data", "ext", "label", "group", "layout_error")
 CHUNK = 256  # records per element: large enough to amortise Beam, small enough to spread over workers
 
 
 class BeamFS:
-    """The file-system interface lcrypt.datasets.Source expects, on apache_beam.io.filesystems."""
+    """The file-system interface lcrypt.datasets.Source expects, on apache_beam.io.filesystems (the same
+    listing and joining as the --out folder: pipelines/outdir.py)."""
 
     def open(self, path: str) -> IO[bytes]:
         return FileSystems.open(path, compression_type="uncompressed")
 
     def isdir(self, path: str) -> bool:
-        if "://" not in path:
-            import os
-
+        if not outdir.is_remote(path):
             return os.path.isdir(path)
         # an object store (gs://, s3://) has no folders: a "folder" is a prefix some object has; "**"
         # because "*" stops at "/", and a dataset's files sit below its split and class folders
@@ -39,17 +39,8 @@ class BeamFS:
     def exists(self, path: str) -> bool:
         return FileSystems.exists(path) or self.isdir(path)
 
-    def walk(self, root: str) -> list[str]:
-        base = root.rstrip("/") + "/"
-        if "://" not in root:
-            from lcrypt.datasets import LocalFS
-
-            return LocalFS().walk(root)
-        found = FileSystems.match([base + "**"])[0].metadata_list
-        return sorted(m.path[len(base):] for m in found if not m.path.endswith("/"))
-
-    def join(self, root: str, rel: str) -> str:
-        return FileSystems.join(root, rel) if "://" in root else posixpath.join(root, rel)
+    walk = staticmethod(outdir.list_files)
+    join = staticmethod(outdir.join)
 
 
 def open_source(spec: str, **options) -> Source:
