@@ -84,3 +84,18 @@ def test_verify_on_a_url_passes_intact_and_names_damage(local, remote, capsys):
 def test_a_url_without_its_plugin_says_what_to_install():
     with pytest.raises(OSError, match="install fsspec's plugin"):
         storage.read_bytes("nosuchscheme-xyz://bucket/ds/manifest.json")
+
+
+def test_training_from_a_url_is_the_training_from_the_folder(local, remote, tmp_path):
+    """`training.train --data <URL>` streams the same batches: the trained parameters are bit-identical."""
+    import json
+
+    from training.train import run
+
+    args = ["--model", "convmixer", "--width", "8", "--depth", "1", "--kernel", "3", "--epochs", "1", "--seed", "3",
+            "--batch-size", "6", "--workers", "0", "--quiet"]
+    assert run(["--data", str(local / "manifest.json"), "--out", str(tmp_path / "a"), *args]) == 0
+    assert run(["--data", f"{remote}/manifest.json", "--out", str(tmp_path / "b"), *args]) == 0
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab")
+    assert a["steps"] == b["steps"] == 60 // 6
+    assert a["param_digests"] == b["param_digests"] and a["top1"] == b["top1"]
