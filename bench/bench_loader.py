@@ -62,10 +62,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from lcrypt import Key, shards
+    from lcrypt import Key, shards, storage
     from lcrypt.manifest import Manifest
     from lcrypt.table import format_table
-    from lcrypt import storage
     from loaders.dataset import make_loader, resolve_shard
     from pipelines.prepare import run as prepare
 

@@ -4,9 +4,9 @@
     .venv/bin/python bench/bench_prepare.py --datasets cifar10 --quick
 
 Each prepare run is a fresh `python -m pipelines.prepare` process timed from outside, so Beam's
-start-up is included. Modes: the default in-process engine (one core),
-`--direct_running_mode multi_processing` with 1 and 2 workers, and `multi_threading` with 2. Sizes: bytes on disk per sample next to
-the image payload, and plain vs EtC totals at JPEG q85 (the EtC paper's Table IV compares these).
+start-up is included. Modes: the default in-process engine (one core), `--direct_running_mode
+multi_processing` with 1 and 2 workers, and `multi_threading` with 2. Sizes: bytes on disk per sample
+next to the image payload, and plain vs EtC totals at JPEG q85 (the EtC paper's Table IV compares these).
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ from lcrypt.images import ImageRejected
 from lcrypt.keys import Key
 from lcrypt.manifest import ERRORS_NAME, Manifest, OwnerEntry, ShardEntry
 from pipelines import outdir
-from pipelines.outdir import FRAGMENTS, remove_fragments, write_atomic
 from pipelines.sources import tuple_record
 
 NO_OWNER = "-"
@@ -202,7 +201,7 @@ class EncryptChunkFn(beam.DoFn):
                     blob.append(data)
                     offset += len(data)
                 out.append(((split, owner), refs))
-            write_atomic(outdir.join(c.out, FRAGMENTS, name), b"".join(blob), durable=False)
+            outdir.write_atomic(outdir.join(c.out, outdir.FRAGMENTS, name), b"".join(blob), durable=False)
         return out, rejected, dict(read)
 
     def _progress(self, n_read: int, n_rejected: int) -> None:
@@ -347,7 +346,7 @@ class WriteShardFn(beam.DoFn):
         for r in refs:
             by_fragment[r[2]].append(r)
         for frag, rs in sorted(by_fragment.items()):
-            with outdir.open_read(outdir.join(self.out, FRAGMENTS, frag)) as f:
+            with outdir.open_read(outdir.join(self.out, outdir.FRAGMENTS, frag)) as f:
                 for key, _, _, offset, length in sorted(rs, key=lambda r: r[3]):
                     f.seek(offset)
                     data_of[key] = f.read(length)
@@ -359,7 +358,7 @@ class WriteShardFn(beam.DoFn):
             members.append((f"{key}.{ext}", data))
         data = shards.tar_bytes(members)
         rel = shards.shard_path(split, owner, idx)
-        write_atomic(outdir.join(self.out, rel), data)
+        outdir.write_atomic(outdir.join(self.out, rel), data)
         entry = dataclasses.asdict(ShardEntry(path=rel, owner=owner, split=split, count=len(samples),
                                               bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
         # index rows travel compactly: Beam sizes side inputs by walking them, which cost seconds on 60k dicts
@@ -378,7 +377,7 @@ class FinalizeFn(beam.DoFn):
         c = self.config
         rejected = sorted(rejected, key=lambda r: (r["split"], r["owner"], r["source"]))
         errors = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected)
-        write_atomic(outdir.join(c.out, ERRORS_NAME), errors.encode())
+        outdir.write_atomic(outdir.join(c.out, ERRORS_NAME), errors.encode())
         entries = [ShardEntry(**e) for e, _, _ in written]
         stats = defaultdict(lambda: {"read": 0, "written": 0, "rejected": 0, "bytes": 0})
         for (split, owner), n in read.items():
@@ -396,7 +395,7 @@ class FinalizeFn(beam.DoFn):
                 raise RuntimeError(f"accounting error for split {row['split']} owner {row['owner']}: read "
                                    f"{row['read']} != written {row['written']} + rejected {row['rejected']}")
         if total_read and total_rej / total_read > c.max_reject_rate:
-            remove_fragments(c.out)
+            outdir.remove_fragments(c.out)
             raise RejectRateExceeded(
                 f"{total_rej} of {total_read} records rejected ({total_rej / total_read:.1%}), over "
                 f"--max-reject-rate {c.max_reject_rate:.1%}; see {outdir.join(c.out, ERRORS_NAME)} for each record "
@@ -417,6 +416,6 @@ class FinalizeFn(beam.DoFn):
         rows = [{"key": k, "shard": e["path"], "label": int(lab), "owner": e["owner"], "split": e["split"]}
                 for e, keys, labels in written
                 for k, lab in zip(keys.split("\n") if keys else [], np.frombuffer(labels, "<i8"))]
-        manifest.save(c.out, index=rows, write=write_atomic)
-        remove_fragments(c.out)
+        manifest.save(c.out, index=rows, write=outdir.write_atomic)
+        outdir.remove_fragments(c.out)
         yield manifest.to_dict()
