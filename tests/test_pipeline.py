@@ -254,10 +254,13 @@ def test_pipeline_constructs_for_dataflow_without_submitting(pooled):
                    "--project", "lcrypt-example", "--region", "europe-west1",
                    "--temp_location", "gs://lcrypt-example-bucket/tmp",
                    "--staging_location", "gs://lcrypt-example-bucket/staging"])
-    assert type(p.runner).__name__ == "DataflowRunner"
-    proto = p.to_runner_api()
-    names = {t.unique_name for t in proto.components.transforms.values()}
-    assert {"ReadRecords", "EncryptChunks", "GroupShards", "WriteShards", "Finalize"} <= names
+    try:
+        assert type(p.runner).__name__ == "DataflowRunner"
+        proto = p.to_runner_api()
+        names = {t.unique_name for t in proto.components.transforms.values()}
+        assert {"ReadRecords", "EncryptChunks", "GroupShards", "WriteShards", "Finalize"} <= names
+    finally:
+        shutil.rmtree(p.local_tempdir, ignore_errors=True)  # Beam removes it only when a pipeline runs
 
 
 @pytest.mark.shared_data
