@@ -136,15 +136,17 @@ class Source:
                     yield tree_record(rel, f.read(), self.split)
             return
         rel, part, parts = unit if len(unit) == 3 else (unit[0], 0, 1)
+        keep = None if parts == 1 else (lambda i: i % parts == part)
+        if self.kind == "tar":  # the parser steps over other parts' members without copying them
+            with self.fs.open(self.path) as f:
+                yield from iter_tar_tree(f, self.split, keep)
+            return
         for i, r in enumerate(self._read_file(rel)):
-            if i % parts == part:
+            if keep is None or keep(i):
                 yield r
 
     def _read_file(self, rel: str) -> Iterator[Record]:
-        if self.kind == "tar":
-            with self.fs.open(self.path) as f:
-                yield from iter_tar_tree(f, self.split)
-        elif self.kind == "cifar":
+        if self.kind == "cifar":
             with self.fs.open(self.path) as f:
                 yield from iter_cifar(f)
         elif self.kind == "parquet":
@@ -245,11 +247,13 @@ def tree_record(rel: str, data: bytes, default_split: str) -> Record:
     return Record(source_id=rel, split=split, class_name=cls, data=data, layout_error=err)
 
 
-def iter_tar_tree(fileobj: IO[bytes], default_split: str = DEFAULT_SPLIT) -> Iterator[Record]:
-    """Records of an ImageFolder tree inside a (compressed) tar stream, in archive order, unpacked never."""
+def iter_tar_tree(fileobj: IO[bytes], default_split: str = DEFAULT_SPLIT,
+                  keep: Callable[[int], bool] | None = None) -> Iterator[Record]:
+    """Records of an ImageFolder tree inside a (compressed) tar stream, in archive order, unpacked never
+    (``keep(i)``: only the i-th files it accepts, see lcrypt.shards.iter_members)."""
     from lcrypt.shards import iter_members
 
-    for name, data in iter_members(fileobj):
+    for name, data in iter_members(fileobj, keep):
         yield tree_record(name.removeprefix("./"), data, default_split)
 
 

@@ -135,6 +135,8 @@ def test_tar_gz_tree_streams_the_same_records(tmp_path):
     # parts partition the records exactly
     parts = [list(src.read_unit(u)) for u in src.units(parts=3)]
     assert len(parts) == 3 and sorted(r.source_id for p in parts for r in p) == sorted(r.source_id for r in recs)
+    for i, part in enumerate(parts):  # part i is every third record from the i-th, in archive order
+        assert [(r.source_id, r.data) for r in part] == [(r.source_id, r.data) for r in recs[i::3]]
 
 
 def test_cifar_python_archive(tmp_path):

@@ -99,6 +99,32 @@ def test_streaming_reader_handles_gzip_pax_and_long_names():
         assert got[0][1] == b"x" * 700
 
 
+def test_keep_steps_over_members_and_their_long_names():
+    """iter_members(keep=...): the kept files are exactly those of the full read, a skipped file's pax
+    name never lands on the next one, and a skipped member's header is still checked."""
+    buf = io.BytesIO()
+    names = [("d/" + "a" * 120 + f"{i}.png" if i % 2 else f"d/{i}.png") for i in range(7)]
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        folder = tarfile.TarInfo("d")
+        folder.type = tarfile.DIRTYPE
+        tf.addfile(folder)  # a directory entry: not counted
+        for i, name in enumerate(names):
+            ti = tarfile.TarInfo(name)
+            ti.size = 600 * i
+            tf.addfile(ti, io.BytesIO(bytes([i]) * ti.size))
+    raw = gzip.compress(buf.getvalue())
+    full = list(shards.iter_members(io.BytesIO(raw)))
+    assert [n for n, _ in full] == names
+    for part in range(3):
+        got = list(shards.iter_members(io.BytesIO(raw), keep=lambda i: i % 3 == part))
+        assert got == full[part::3]
+    bad = bytearray(buf.getvalue())
+    last = bytes(bad).rindex(b"d/6.png")  # the last member's header, skipped by keep below
+    bad[last + 1] ^= 1
+    with pytest.raises(shards.ShardFormatError, match="checksum"):
+        list(shards.iter_members(io.BytesIO(bytes(bad)), keep=lambda i: i == 0))
+
+
 def test_truncated_and_corrupt_tars_are_errors(rng):
     members = shards.encode_sample("k", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), 1, "npy")
     data = shards.tar_bytes(members)
