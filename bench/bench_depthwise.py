@@ -1,13 +1,15 @@
-"""Depthwise convolution: PyTorch's kernels vs FFT products (training.models.FFTDepthwiseConv2d), side by side.
+"""Depthwise convolution: PyTorch's kernels vs FFT products vs the Triton kernel (training.depthwise), side by side.
 
-    .venv/bin/python bench/bench_depthwise.py                 # CPU: small shapes
+    .venv/bin/python bench/bench_depthwise.py                 # CPU: small shapes (no Triton column)
     python3 bench/bench_depthwise.py --device cuda            # GPU: the ConvMixer-256/8 p1 k9 shapes, batch 512
 
 ConvMixer's 9×9 depthwise convolution is what a patch-1 ConvMixer spends its GPU time on (docs/benchmarks.md,
 "Training on GPU": 1,650 img/s on an H100). For each kernel size this times one forward + backward of the
-layer alone (direct contiguous, direct channels_last, FFT), then one whole ConvMixer training step
-(AdamW) with each implementation; bf16 autocast on CUDA, float32 on CPU. Prints ms and the ratio
-direct / FFT (> 1: FFT is faster). Checks first that both give the same output.
+layer alone (direct contiguous, direct channels_last, FFT, and on CUDA the Triton kernel on channels_last),
+then one whole ConvMixer training step (AdamW) with each implementation; bf16 autocast on CUDA, float32
+on CPU. Prints ms and the best direct time over each alternative's (> 1: the alternative is faster).
+Checks first that every implementation gives the direct output. On CUDA it ends with the Triton
+kernel's block sizes (output positions × channels per program) swept on the k9 layer.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lcrypt.table import format_table  # noqa: E402
-from training.models import FFTDepthwiseConv2d, create_model  # noqa: E402
+from training.depthwise import FFTDepthwiseConv2d, TritonDepthwiseConv2d  # noqa: E402
+from training.models import create_model  # noqa: E402
 
 
 def timed_ms(fn, device: torch.device, reps: int, rounds: int = 3) -> float:
@@ -48,12 +51,16 @@ def timed_ms(fn, device: torch.device, reps: int, rounds: int = 3) -> float:
 def layer_row(batch: int, channels: int, size: int, kernel: int, device: torch.device, reps: int) -> list:
     amp = device.type == "cuda"
     conv = nn.Conv2d(channels, channels, kernel, groups=channels, padding="same").to(device)
-    fft = FFTDepthwiseConv2d.from_conv(conv).to(device)
+    alt = {"fft": FFTDepthwiseConv2d.from_conv(conv)}
+    if amp:
+        alt["triton"] = TritonDepthwiseConv2d.from_conv(conv)
     x = torch.randn(batch, channels, size, size, device=device)
     with torch.no_grad():
-        err = (conv(x) - fft(x)).abs().max().item()
-    if err > 1e-3:
-        raise AssertionError(f"FFT and direct depthwise differ by {err} (kernel {kernel})")
+        want = conv(x)
+        for name, layer in alt.items():
+            err = (want - layer(x.contiguous(memory_format=torch.channels_last))).abs().max().item()
+            if err > 1e-3:
+                raise AssertionError(f"{name} and direct depthwise differ by {err} (kernel {kernel})")
 
     def step(layer, fmt):
         xin = x.to(memory_format=fmt).requires_grad_(True)
@@ -66,32 +73,60 @@ def layer_row(batch: int, channels: int, size: int, kernel: int, device: torch.d
 
     direct = timed_ms(step(conv, torch.contiguous_format), device, reps)
     direct_cl = timed_ms(step(conv.to(memory_format=torch.channels_last), torch.channels_last), device, reps)
-    f = timed_ms(step(fft, torch.contiguous_format), device, reps)
+    f = timed_ms(step(alt["fft"], torch.contiguous_format), device, reps)
+    t = timed_ms(step(alt["triton"], torch.channels_last), device, reps) if amp else None
+    best = min(direct, direct_cl)
     return [f"depthwise {channels}×{size}×{size} k{kernel}, batch {batch}", round(direct, 2), round(direct_cl, 2),
-            round(f, 2), round(min(direct, direct_cl) / f, 2)]
+            round(f, 2), round(best / f, 2), *((round(t, 2), round(best / t, 2)) if amp else ("-", "-"))]
+
+
+def triton_sweep(batch: int, channels: int, size: int, kernel: int, device: torch.device, reps: int) -> list:
+    """fwd + bwd ms of the Triton layer on channels_last bf16 for several block sizes (positions × channels
+    per program, and positions per program of the weight gradient)."""
+    conv = nn.Conv2d(channels, channels, kernel, groups=channels, padding="same").to(device)
+    layer = TritonDepthwiseConv2d.from_conv(conv)
+    xin = torch.randn(batch, channels, size, size, device=device).to(memory_format=torch.channels_last)
+    xin.requires_grad_(True)
+    rows = []
+    for bp, bc, wbp in ((32, 32, 256), (64, 32, 256), (128, 32, 256), (32, 64, 256), (64, 64, 256), (128, 16, 256),
+                        (64, 32, 128), (64, 32, 512), (64, 32, 1024)):
+        layer.block_p, layer.block_c, layer.wgrad_block_p = bp, bc, wbp
+
+        def run():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = layer(xin)
+            y.float().sum().backward()
+        rows.append([f"{bp} × {bc}, weight grad {wbp} × {bc}", round(timed_ms(run, device, reps), 2)])
+    return rows
 
 
 def model_row(width: int, depth: int, patch: int, kernel: int, batch: int, device: torch.device, reps: int) -> list:
     amp = device.type == "cuda"
-    x = torch.randn(batch, 3, 32, 32, device=device)
+    fmt = torch.channels_last if amp else torch.contiguous_format
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=device)
     ms = {}
-    for impl in ("direct", "fft"):
+    for impl in ("direct", "fft", *(("triton",) if amp else ())):
         model = create_model("convmixer", 10, 32, width=width, depth=depth, patch=patch, kernel=kernel,
                              depthwise=impl).to(device)
+        if impl == "triton":  # its fast layout; direct and FFT run contiguous, their faster one
+            model = model.to(memory_format=torch.channels_last)
+        xi = x if impl == "triton" else x.contiguous()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
         def run():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(x)
+                out = model(xi)
             loss = nn.functional.cross_entropy(out.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         ms[impl] = timed_ms(run, device, reps)
+    t = ms.get("triton")
     return [f"ConvMixer-{width}/{depth} p{patch} k{kernel} step, batch {batch}", round(ms["direct"], 2), "",
             round(ms["fft"], 2), round(ms["direct"] / ms["fft"], 2),
-            f"{batch / ms['direct'] * 1e3:,.0f} → {batch / ms['fft'] * 1e3:,.0f}"]
+            *((round(t, 2), round(ms["direct"] / t, 2)) if t else ("-", "-")),
+            " → ".join(f"{batch / v * 1e3:,.0f}" for v in ms.values())]
 
 
 def main(argv=None) -> int:
@@ -113,7 +148,9 @@ def main(argv=None) -> int:
     if not cuda:
         rows.append(model_row(64, 4, 2, 3, 128, device, reps))  # bench/accuracy_cpu.py's model
     print(format_table(rows, ["fwd + bwd", "direct ms", "direct channels_last ms", "FFT ms", "direct / FFT",
-                              "img/s"]))
+                              "Triton ms", "direct / Triton", "img/s (direct → FFT → Triton)"]))
+    if cuda:
+        print(format_table(triton_sweep(batch, 256, 32, 9, device, reps), ["Triton k9 blocks (positions × channels)", "fwd + bwd ms"]))
     name = (torch.cuda.get_device_name(device) if cuda
             else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
     print(f"device: {name}; torch {torch.__version__}; {'bf16 autocast' if cuda else 'float32'}")

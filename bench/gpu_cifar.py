@@ -9,9 +9,10 @@
    per split), made from ``lcrypt.datasets.load_arrays`` and ``scheme.encrypt`` in a process pool. The
    time to make them is reported apart and is not part of any training wall time.
 2. ``--throughput``: one ConvMixer-256/8 (patch 1, kernel 9) training step (AdamW, batch 512) timed with
-   CUDA events in bf16 / fp32, channels_last / contiguous, PyTorch's depthwise kernels or FFT products
-   (``--depthwise fft``); the fastest is used for the runs. Beside it the GPU-resident loader's time per
-   batch (index + normalise + encrypted-domain augmentation): the loader must be < 2% of a step.
+   CUDA events in bf16 / fp32, channels_last / contiguous, PyTorch's depthwise kernels, FFT products
+   (``--depthwise fft``) or the Triton kernel (``--depthwise triton``); the fastest is used for the
+   runs. Beside it the GPU-resident loader's time per batch (index + normalise + encrypted-domain
+   augmentation): the loader must be < 2% of a step.
 3. Each run ``SCHEME:MODEL[:ADAPT]`` launches ``python -m training.train --gpu-resident`` with a number
    of epochs chosen from the measured (or ``--img-per-s``) throughput to fit ``--budget-s`` seconds;
    its summary.json (top-1, images/s, wall) is copied to OUT and a table printed last.
@@ -152,15 +153,20 @@ def throughput(manifest: Path, batch: int = 512) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     lm = loader_ms()
-    variants = {}
+    variants, failed = {}, {}
     for amp in (True, False):
-        for cl, depthwise in ((True, "direct"), (False, "direct"), (False, "fft")):
+        for cl, depthwise in ((True, "direct"), (False, "direct"), (False, "fft"), (True, "triton"), (False, "triton")):
             name = f"{'bf16' if amp else 'fp32'}-{'channels_last' if cl else 'contiguous'}-{depthwise}"
-            variants[name] = step_ms(amp, cl, depthwise)
+            try:
+                variants[name] = step_ms(amp, cl, depthwise)
+            except Exception as exc:  # a kernel that does not build here must not cost the runs
+                failed[name] = repr(exc)[:500]
+                print(f"  step {name}: FAILED {failed[name]}", flush=True)
+                continue
             print(f"  step {name}: {variants[name]:.1f} ms", flush=True)
     best = min(variants, key=variants.get)
     step = variants[best]
-    return {"batch": batch, "loader_ms": lm, "step_ms": variants, "best": best,
+    return {"batch": batch, "loader_ms": lm, "step_ms": variants, "failed": failed, "best": best,
             "img_per_s_best": batch / step * 1e3, "loader_pct_of_best_step": 100 * lm / step,
             "device": torch.cuda.get_device_name(0)}
 

@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--depth", type=int, help="ConvMixer/ViT depth")
     a("--patch", type=int, help="patch size (ViT default: the scheme's block size)")
     a("--kernel", type=int, help="ConvMixer depthwise kernel size")
-    a("--depthwise", choices=("direct", "fft"), help="ConvMixer depthwise convolutions: PyTorch's (direct, the "
-      "default) or FFT products (same weights and result; see bench/bench_depthwise.py for which is faster)")
+    a("--depthwise", choices=("direct", "fft", "triton"), help="ConvMixer depthwise convolutions: PyTorch's (direct, "
+      "the default), FFT products, or a Triton kernel for channels_last on CUDA (same weights and result; see "
+      "bench/bench_depthwise.py for which is faster)")
     a("--epochs", type=int, default=10)
     a("--batch-size", type=int, default=128, help="per process")
     a("--opt", default="adamw", choices=("adamw", "sgd"))
