@@ -9,9 +9,9 @@
    per split), made from ``lcrypt.datasets.load_arrays`` and ``scheme.encrypt`` in a process pool. The
    time to make them is reported apart and is not part of any training wall time.
 2. ``--throughput``: one ConvMixer-256/8 (patch 1, kernel 9) training step (AdamW, batch 512) timed with
-   CUDA events in bf16 / fp32, channels_last / contiguous, PyTorch's depthwise kernels, FFT products
-   (``--depthwise fft``) or the Triton kernel (``--depthwise triton``); the fastest is used for the
-   runs. Beside it the GPU-resident loader's time per batch (index + normalise + encrypted-domain
+   CUDA events in bf16 (and fp32 with ``--fp32-variants``), channels_last / contiguous, PyTorch's
+   depthwise kernels, FFT products (``--depthwise fft``) or the Triton kernel (``--depthwise triton``);
+   the fastest is used for the runs. Beside it the GPU-resident loader's time per batch (index + normalise + encrypted-domain
    augmentation): the loader must be < 2% of a step.
 3. Each run ``SCHEME:MODEL[:ADAPT]`` launches ``python -m training.train --gpu-resident`` with a number
    of epochs chosen from the measured (or ``--img-per-s``) throughput to fit ``--budget-s`` seconds;
@@ -81,7 +81,7 @@ def build_dataset(arrays: dict, scheme_name: str, params: dict, out: Path, key) 
     return time.perf_counter() - t0
 
 
-def throughput(manifest: Path, batch: int = 512) -> dict:
+def throughput(manifest: Path, batch: int = 512, fp32: bool = False) -> dict:
     """ConvMixer-256/8 p1 k9 step time per variant (precision, layout, depthwise) and loader time per batch."""
     import torch
 
@@ -154,7 +154,7 @@ def throughput(manifest: Path, batch: int = 512) -> dict:
     torch.backends.cudnn.allow_tf32 = True
     lm = loader_ms()
     variants, failed = {}, {}
-    for amp in (True, False):
+    for amp in (True, False) if fp32 else (True,):  # fp32 never won (docs/benchmarks.md): opt-in, saves device time
         for cl, depthwise in ((True, "direct"), (False, "direct"), (False, "fft"), (True, "triton"), (False, "triton")):
             name = f"{'bf16' if amp else 'fp32'}-{'channels_last' if cl else 'contiguous'}-{depthwise}"
             try:
@@ -189,6 +189,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=180, help="training seconds per run (epochs chosen to fit)")
     p.add_argument("--img-per-s", type=str, default="", help="model=img/s throughput to plan epochs, e.g. convmixer=15000")
     p.add_argument("--throughput", action="store_true")
+    p.add_argument("--fp32-variants", action="store_true", help="--throughput also times float32 (TF32) steps")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--train-flags", default="", help="extra training.train flags when not measuring")
     p.add_argument("--limit", type=int, help="first N images per split, in archive (class) order: a local smoke "
@@ -215,7 +216,7 @@ def main(argv=None) -> int:
     rates = {k: float(v) for k, v in (kv.split("=") for kv in args.img_per_s.split(",") if kv)}
     results = []
     if args.throughput:
-        tp = throughput(work / runs[0][0] / "manifest.json")
+        tp = throughput(work / runs[0][0] / "manifest.json", fp32=args.fp32_variants)
         (out / "throughput.json").write_text(json.dumps(tp, indent=1))
         print(json.dumps(tp, indent=1), flush=True)
         rates.setdefault("convmixer", tp["img_per_s_best"])
