@@ -11,8 +11,8 @@
 2. ``--throughput``: one ConvMixer-256/8 (patch 1, kernel 9) training step (AdamW, batch 512) timed with
    CUDA events in bf16 (and fp32 with ``--fp32-variants``), channels_last / contiguous, PyTorch's
    depthwise kernels, FFT products (``--depthwise fft``) or the Triton kernel (``--depthwise triton``);
-   the fastest is used for the runs. Beside it the GPU-resident loader's time per batch (index + normalise + encrypted-domain
-   augmentation): the loader must be < 2% of a step.
+   the fastest is used for the runs. Beside it the GPU-resident loader's time per batch (index +
+   normalise + encrypted-domain augmentation): the loader must be < 2% of a step.
 3. Each run ``SCHEME:MODEL[:ADAPT]`` launches ``python -m training.train --gpu-resident`` with a number
    of epochs chosen from the measured (or ``--img-per-s``) throughput to fit ``--budget-s`` seconds;
    its summary.json (top-1, images/s, wall) is copied to OUT and a table printed last.
