@@ -126,6 +126,8 @@ class _TritonDepthwise(torch.autograd.Function):
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         block_p, block_c, wgrad_block_p = ctx.blocks
+        if x.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous(memory_format=torch.channels_last):
+            g = g.contiguous(memory_format=torch.channels_last)  # one copy, then channel-contiguous loads
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = depthwise_conv(g, weight, None, flip=True, block_p=block_p, block_c=block_c)
