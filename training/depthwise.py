@@ -147,7 +147,7 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     b, c, h, w = x.shape
     k = weight.shape[-1]
     y = torch.empty_like(x)
-    wt = weight.detach().reshape(c, k * k).float().contiguous()
+    wt = weight.detach().reshape(c, k * k).t().float().contiguous()  # (k², C): one tap's weights are contiguous
     bt = bias.detach().float().contiguous() if bias is not None else wt  # unread when HAS_BIAS is False
     grid = (triton.cdiv(h * w, block_p), triton.cdiv(c, block_c), b)
     _kernels()[0][grid](x, wt, bt, y, c, h, w, *x.stride(), *y.stride(), K=k, FLIP=flip,
@@ -198,7 +198,7 @@ def _kernels():
                     tap = (K - 1 - i) * K + (K - 1 - j)
                 else:
                     tap = i * K + j
-                wv = tl.load(w_ptr + c * (K * K) + tap, mask=cmask, other=0)
+                wv = tl.load(w_ptr + tap * C + c, mask=cmask, other=0)
                 acc += xv.to(tl.float32) * wv[None, :]
         if HAS_BIAS:
             acc += tl.load(b_ptr + c, mask=cmask, other=0)[None, :]
