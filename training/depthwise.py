@@ -21,7 +21,6 @@ The convolution, as PyTorch defines it (a cross-correlation), stride 1, 'same' z
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -114,7 +113,7 @@ def replace_depthwise(model: nn.Module, impl: str) -> nn.Module:
     return model
 
 
-# -- the Triton kernels ----------------------------------------------------------------------------------
+# -- the Triton path: autograd and launches (the kernels: training/depthwise_kernels.py) ------------------
 class _TritonDepthwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, blocks: tuple[int, int, int]):
@@ -126,8 +125,9 @@ class _TritonDepthwise(torch.autograd.Function):
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         block_p, block_c, wgrad_block_p = ctx.blocks
-        if x.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous(memory_format=torch.channels_last):
-            g = g.contiguous(memory_format=torch.channels_last)  # one copy, then channel-contiguous loads
+        cl = torch.channels_last
+        if x.is_contiguous(memory_format=cl) and not g.is_contiguous(memory_format=cl):
+            g = g.contiguous(memory_format=cl)  # one copy, then channel-contiguous loads
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = depthwise_conv(g, weight, None, flip=True, block_p=block_p, block_c=block_c)
@@ -142,16 +142,16 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
                    block_p: int = 64, block_c: int = 32) -> torch.Tensor:
     """y = depthwise 'same' convolution of x (B, C, H, W) with weight (C, 1, k, k) (flipped: the input
     gradient's), in x's dtype and memory layout."""
-    import triton
+    from training.depthwise_kernels import conv_kernel  # imports Triton: only when a Triton layer runs
 
     b, c, h, w = x.shape
     k = weight.shape[-1]
     y = torch.empty_like(x)
     wt = weight.detach().reshape(c, k * k).t().float().contiguous()  # (k², C): one tap's weights are contiguous
     bt = bias.detach().float().contiguous() if bias is not None else wt  # unread when HAS_BIAS is False
-    grid = (triton.cdiv(h * w, block_p), triton.cdiv(c, block_c), b)
-    _kernels()[0][grid](x, wt, bt, y, c, h, w, *x.stride(), *y.stride(), K=k, FLIP=flip,
-                        HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c)
+    grid = (_cdiv(h * w, block_p), _cdiv(c, block_c), b)
+    conv_kernel[grid](x, wt, bt, y, c, h, w, *x.stride(), *y.stride(), K=k, FLIP=flip, HAS_BIAS=bias is not None,
+                      BLOCK_P=block_p, BLOCK_C=block_c)
     return y
 
 
@@ -160,70 +160,15 @@ def depthwise_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, block_p: int
     """∂L/∂W (C, 1, k, k) in float32 from the layer's input x and output gradient g (both (B, C, H, W)):
     a program holds one tile of g (positions × channels) and sums each tap's product with the shifted x
     tile over its positions; the (image, tile) partial sums are added up here."""
-    import triton
+    from training.depthwise_kernels import weight_grad_kernel
 
     b, c, h, w = x.shape
-    tiles = triton.cdiv(h * w, block_p)
+    tiles = _cdiv(h * w, block_p)
     partial = torch.empty(b * tiles, k * k, c, device=x.device, dtype=torch.float32)
-    grid = (tiles, triton.cdiv(c, block_c), b)
-    _kernels()[1][grid](x, g, partial, c, h, w, *x.stride(), *g.stride(), K=k, BLOCK_P=block_p, BLOCK_C=block_c)
+    grid = (tiles, _cdiv(c, block_c), b)
+    weight_grad_kernel[grid](x, g, partial, c, h, w, *x.stride(), *g.stride(), K=k, BLOCK_P=block_p, BLOCK_C=block_c)
     return partial.sum(0).t().reshape(c, 1, k, k)
 
 
-@functools.cache
-def _kernels():
-    """Compile-on-first-use: Triton is imported only when a Triton layer runs."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, sxb, sxc, sxh, sxw, syb, syc, syh, syw,
-                    K: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # output positions h * W + w
-        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        img = tl.program_id(2).to(tl.int64)
-        oh, ow = p // W, p % W
-        pmask, cmask = p < H * W, c < C
-        x_img = x_ptr + img * sxb + c[None, :] * sxc
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for i in tl.static_range(K):
-            ih = oh + (i - K // 2)
-            hmask = pmask & (ih >= 0) & (ih < H)
-            for j in tl.static_range(K):
-                iw = ow + (j - K // 2)
-                m = hmask & (iw >= 0) & (iw < W)
-                xv = tl.load(x_img + (ih * sxh + iw * sxw)[:, None], mask=m[:, None] & cmask[None, :], other=0)
-                if FLIP:
-                    tap = (K - 1 - i) * K + (K - 1 - j)
-                else:
-                    tap = i * K + j
-                wv = tl.load(w_ptr + tap * C + c, mask=cmask, other=0)
-                acc += xv.to(tl.float32) * wv[None, :]
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + c, mask=cmask, other=0)[None, :]
-        out = y_ptr + img * syb + c[None, :] * syc + (oh * syh + ow * syw)[:, None]
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
-
-    @triton.jit
-    def weight_grad_kernel(x_ptr, g_ptr, out_ptr, C, H, W, sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw,
-                           K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        img = tl.program_id(2).to(tl.int64)
-        oh, ow = p // W, p % W
-        pmask, cmask = p < H * W, c < C
-        x_img = x_ptr + img * sxb + c[None, :] * sxc
-        g = tl.load(g_ptr + img * sgb + c[None, :] * sgc + (oh * sgh + ow * sgw)[:, None],
-                    mask=pmask[:, None] & cmask[None, :], other=0).to(tl.float32)  # read once, used k² times
-        row = out_ptr + (img * tl.num_programs(0) + tl.program_id(0)) * (K * K * C) + c
-        for i in tl.static_range(K):
-            ih = oh + (i - K // 2)
-            hmask = pmask & (ih >= 0) & (ih < H)
-            for j in tl.static_range(K):
-                iw = ow + (j - K // 2)
-                m = hmask & (iw >= 0) & (iw < W)
-                xv = tl.load(x_img + (ih * sxh + iw * sxw)[:, None], mask=m[:, None] & cmask[None, :], other=0)
-                tl.store(row + (i * K + j) * C, tl.sum(xv.to(tl.float32) * g, axis=0), mask=cmask)
-
-    return conv_kernel, weight_grad_kernel
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
