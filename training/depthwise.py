@@ -8,9 +8,9 @@ and ``bias`` (C,), so state dicts load either way and a checkpoint trained with 
 * :class:`FFTDepthwiseConv2d` — a product of spectra; its cost does not grow with the kernel.
 * :class:`TritonDepthwiseConv2d` — a direct kernel in Triton for channels_last activations, where one
   tap of the kernel is a contiguous vector load over channels; the backward pass is the same kernel
-  with the filter flipped (input gradient) and a per-image reduction (weight gradient). On a CPU tensor
-  it falls back to ``F.conv2d`` (or runs in Triton's interpreter under ``TRITON_INTERPRET=1``, which is
-  how the tests check it without a GPU).
+  with the filter flipped (input gradient) and a reduction per tile of positions (weight gradient). On
+  a CPU tensor it falls back to ``F.conv2d`` (or runs in Triton's interpreter under
+  ``TRITON_INTERPRET=1``, which is how the tests check it without a GPU).
 
 The convolution, as PyTorch defines it (a cross-correlation), stride 1, 'same' zero padding P = k // 2::
 
