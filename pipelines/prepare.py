@@ -10,7 +10,7 @@ Unknown flags are Beam PipelineOptions (``--runner``, ``--direct_num_workers``,
 Python direct runner's engine (the FnApiRunner) chosen explicitly: since Beam 2.68 ``DirectRunner``
 first tries the Prism binary, a download that fails offline.
 
-The chain: ReadRecords (chunks of raw records) -> EncryptChunk (decode by lcrypt.images' rules,
+The chain: ReadRecords (raw records, batched by BatchElements) -> EncryptChunk (decode by lcrypt.images' rules,
 encrypt per owner in one vectorised call, encode; rejects to errors.jsonl) -> count per (split, owner)
 -> AssignShards (salted key mod shard count) -> GroupByKey -> WriteShard (labels to indices, sorted,
 atomic) -> Finalize (errors.jsonl, reject-rate check, index.parquet, manifest.json, _info.json). Class
@@ -69,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--isolate-decoders", action=argparse.BooleanOptionalAction, default=True,
                    help="decode in a forked subprocess, so an image that crashes a decoder is rejected instead "
                    "of killing the job (default on; --no-isolate-decoders saves the process hop)")
-    p.add_argument("--chunk", type=int, default=256, help="records per pipeline element (default 256)")
+    p.add_argument("--chunk", type=int, default=256, help="records per batch (BatchElements) encrypted in one call "
+                   "(default 256)")
     p.add_argument("--read-parts", type=int, help="read a single archive as this many parallel parts "
                    "(default: --direct_num_workers, or 1; on Dataflow about the number of worker cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
