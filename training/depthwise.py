@@ -151,7 +151,7 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     bt = bias.detach().float().contiguous() if bias is not None else wt  # unread when HAS_BIAS is False
     grid = (_cdiv(h * w, block_p), _cdiv(c, block_c), b)
     conv_kernel[grid](x, wt, bt, y, c, h, w, *x.stride(), *y.stride(), K=k, FLIP=flip, HAS_BIAS=bias is not None,
-                      BLOCK_P=block_p, BLOCK_C=block_c)
+                      BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_warps(block_p * block_c))
     return y
 
 
@@ -166,9 +166,15 @@ def depthwise_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, block_p: int
     tiles = _cdiv(h * w, block_p)
     partial = torch.empty(b * tiles, k * k, c, device=x.device, dtype=torch.float32)
     grid = (tiles, _cdiv(c, block_c), b)
-    weight_grad_kernel[grid](x, g, partial, c, h, w, *x.stride(), *g.stride(), K=k, BLOCK_P=block_p, BLOCK_C=block_c)
+    weight_grad_kernel[grid](x, g, partial, c, h, w, *x.stride(), *g.stride(), K=k, BLOCK_P=block_p, BLOCK_C=block_c,
+                             num_warps=_warps(block_p * block_c))
     return partial.sum(0).t().reshape(c, 1, k, k)
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _warps(tile: int) -> int:
+    """Warps per program: ~16 tile elements per thread keeps a tile and its shifted copy in registers."""
+    return max(4, min(16, tile // 512))
