@@ -24,8 +24,8 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,66 +33,15 @@ from typing import Sequence
 
 from lcrypt import shards
 from lcrypt.keys import Key, KeyFileError
-
-DEFAULT_SHARD_SIZE = 5000
-
-
-class PrepareError(ValueError):
-    """A problem found before any work starts (bad options, keys, source); the message says what to do."""
-
-
-# -- arguments ----------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", required=True, help="dataset: a folder, .tar/.tar.gz, cifar-10-python.tar.gz, "
-                   ".parquet or WebDataset shards; prefix KIND: (imagefolder, tar, cifar, parquet, wds) to force")
-    p.add_argument("--scheme", required=True, help="encryption scheme (see `lcrypt schemes`)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="scheme parameter, repeatable")
-    p.add_argument("--keys", required=True, help="one owner's key file, or an owners JSON file "
-                   '{"owner": {"key": "owner.key", "match": ["train/cat/*", ...]}, ...}')
-    p.add_argument("--out", required=True, help="output dataset folder (local or gs://...)")
-    p.add_argument("--name", help="dataset name recorded in the manifest (default: the output folder's name)")
-    p.add_argument("--jpeg-quality", type=int, help="store JPEG at this quality (JPEG-compatible schemes only)")
-    p.add_argument("--jpeg-subsampling", default="444", choices=("444", "422", "420"),
-                   help="JPEG chroma subsampling (default 444); the scheme's block size must align with its MCU")
-    p.add_argument("--encoding", choices=("png", "npy"), default="png",
-                   help="lossless image encoding when no --jpeg-quality (default png: smaller, and timm reads it)")
-    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="samples per shard, about")
-    p.add_argument("--max-shard-mb", type=float, default=128,
-                   help="split further so no shard exceeds about this many MiB (default 128)")
-    p.add_argument("--size", help="resize (cover, bicubic) and centre-crop every image to S or HxW")
-    p.add_argument("--split", default="train", help="split name for sources without split folders")
-    p.add_argument("--image-column", help="Parquet: image column (default image)")
-    p.add_argument("--label-column", help="Parquet: label column (default label)")
-    p.add_argument("--owner-column", help="Parquet: column whose value the owners' match patterns test")
-    p.add_argument("--max-reject-rate", type=float, default=0.01,
-                   help="fail when more than this fraction of records is rejected (default 0.01)")
-    p.add_argument("--isolate-decoders", action=argparse.BooleanOptionalAction, default=True,
-                   help="decode in a forked subprocess, so an image that crashes a decoder is rejected instead "
-                   "of killing the job (default on; --no-isolate-decoders saves the process hop)")
-    p.add_argument("--chunk", type=int, default=256, help="records per batch (BatchElements) encrypted in one call "
-                   "(default 256)")
-    p.add_argument("--read-parts", type=int, help="read a single archive as this many parallel parts "
-                   "(default: --direct_num_workers, or 1; on Dataflow about the number of worker cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
+from pipelines import progress
+from pipelines.options import PrepareError, add_arguments, check_beam_args, check_numbers, parse_params
 
 def add_command(subparsers) -> None:
     """The `lcrypt prepare` plugin (declared in pyproject's lcrypt.commands entry points)."""
     p = subparsers.add_parser("prepare", help="encrypt a raw image dataset into WebDataset shards (Apache Beam)",
-                              description=__doc__.split("\n\n")[0])
+                              description=__doc__.split("\n\n")[0], allow_abbrev=False)
     add_arguments(p)
     p.set_defaults(func=lambda args: run_args(args, list(getattr(args, "extra", []) or [])), accepts_extra=True)
-
-
-def parse_params(pairs: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        k, sep, v = pair.partition("=")
-        if not sep or not k:
-            raise PrepareError(f"--param {pair!r}: write NAME=VALUE, e.g. --param block_size=16")
-        out[k] = v
-    return out
 
 
 # -- owners -------------------------------------------------------------------------------------------
@@ -194,32 +143,77 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
 
 
 # -- the command ------------------------------------------------------------------------------------------
+PROBE_IMAGES = 64  # images sampled to find the dataset's size when --size is not given
+PROBE_MAJORITY = 0.9  # the sampled images that must share one size for it to be the dataset's
+
+
+def probe_size(source) -> tuple[tuple[int, int], str]:
+    """The dataset's image size from a sample of its images, and a line saying how it was decided.
+
+    Folder trees are sampled evenly across their files, other sources from their first records. One
+    size must hold for at least 90 % of the sample: the others are rejected later as ``wrong_size``
+    (an odd image that sorts first no longer decides for all); otherwise refuse, listing the sizes.
+    """
+    from collections import Counter
+
+    from lcrypt.datasets import decode_record
+    from lcrypt.images import ImageRejected
+
+    def records():
+        if source.kind == "imagefolder":
+            files = [f for unit in source.units() for f in unit]
+            step = max(1, len(files) // PROBE_IMAGES)
+            for rel in files[::step]:
+                yield from source.read_unit((rel,))
+        else:
+            yield from source
+
+    sizes: Counter = Counter()
+    for i, rec in enumerate(records()):
+        if sum(sizes.values()) >= PROBE_IMAGES or i >= 20 * PROBE_IMAGES:
+            break
+        try:
+            sizes[decode_record(rec).shape[:2]] += 1
+        except ImageRejected:
+            continue
+    if not sizes:
+        raise PrepareError(f"--source {source.path}: no decodable image among its first records; check the "
+                           "source's format (see errors of `lcrypt prepare --max-reject-rate 1`)")
+    (h, w), n = sizes.most_common(1)[0]
+    total = sum(sizes.values())
+    found = ", ".join(f"{a}x{b}: {c}" for (a, b), c in sizes.most_common(5))
+    if n < PROBE_MAJORITY * total:
+        raise PrepareError(f"--source {source.path}: its images have different sizes ({found} of {total} "
+                           "sampled); pass --size S or HxW to resize and crop every image to one size")
+    note = (f"image size {h}x{w}: {n} of {total} sampled images"
+            + (f" (also {found.split(', ', 1)[1]}; images of another size are rejected, or pass --size)"
+               if len(sizes) > 1 else ""))
+    return (h, w), note
+
+
 def plan(args: argparse.Namespace):
-    """Validate options, keys and source before any work (run_args then checks --out); returns (source,
+    """Validate options, keys and source before any work (run_args then claims --out); returns (source,
     config, declared class names, scheme info)."""
-    from lcrypt.datasets import decode_record, source_class_names
-    from lcrypt.images import ImageRejected, parse_size
+    from lcrypt.datasets import source_class_names
+    from lcrypt.images import parse_size
     from lcrypt.schemes import get_scheme
+    from pipelines.runlock import check_apart
     from pipelines.sources import open_source
     from pipelines.transforms import PrepareConfig
 
+    check_numbers(args)
     try:
         scheme = get_scheme(args.scheme, **parse_params(args.param))
     except (TypeError, ValueError) as exc:
         raise PrepareError(str(exc)) from None
     encoding = "jpeg" if args.jpeg_quality is not None else args.encoding
-    if encoding == "jpeg":
-        if not 1 <= args.jpeg_quality <= 100:
-            raise PrepareError(f"--jpeg-quality {args.jpeg_quality}: choose 1..100")
-        if args.jpeg_subsampling not in scheme.info.jpeg_subsamplings:
-            ok = ", ".join(scheme.info.jpeg_subsamplings)
-            raise PrepareError(
-                f"scheme {scheme.info.name} {scheme.params} is not JPEG-compatible with chroma subsampling "
-                f"{args.jpeg_subsampling} ({'compatible with: ' + ok if ok else 'it is not JPEG-compatible at all'}); "
-                "JPEG would destroy the ciphertext's structure. Drop --jpeg-quality for lossless PNG, or use "
-                "--scheme etc with a block size that is a multiple of the JPEG MCU (8 for 444, 16 for 422/420)")
-    if args.shard_size < 1:
-        raise PrepareError("--shard-size must be at least 1")
+    if encoding == "jpeg" and args.jpeg_subsampling not in scheme.info.jpeg_subsamplings:
+        ok = ", ".join(scheme.info.jpeg_subsamplings)
+        raise PrepareError(
+            f"scheme {scheme.info.name} {scheme.params} is not JPEG-compatible with chroma subsampling "
+            f"{args.jpeg_subsampling} ({'compatible with: ' + ok if ok else 'it is not JPEG-compatible at all'}); "
+            "JPEG would destroy the ciphertext's structure. Drop --jpeg-quality for lossless PNG, or use "
+            "--scheme etc with a block size that is a multiple of the JPEG MCU (8 for 444, 16 for 422/420)")
     try:
         keys, globs, column = load_owners(args.keys)
     except KeyFileError as exc:
@@ -231,20 +225,10 @@ def plan(args: argparse.Namespace):
     try:
         source = open_source(args.source, split=args.split, image_column=args.image_column,
                              label_column=args.label_column, group_column=args.owner_column or column)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise PrepareError(f"--source {args.source}: {exc}") from None
-    # Probe: the first decodable image fixes the dataset's size when --size is not given.
-    shape = None
-    if size is None:
-        for i, rec in enumerate(iter(source)):
-            try:
-                shape = decode_record(rec).shape[:2]
-                break
-            except ImageRejected:
-                if i >= 1000:
-                    break
-        if shape is None:
-            raise PrepareError(f"--source {args.source}: no decodable image among the first records")
+    check_apart(str(args.out), source.path)
+    shape, size_note = (None, f"image size {size[0]}x{size[1]} (--size)") if size else probe_size(source)
     h, w = size or shape
     try:
         scheme.encrypt(__import__("numpy").zeros((1, h, w, 3), "uint8"), next(iter(keys.values())))
@@ -260,60 +244,17 @@ def plan(args: argparse.Namespace):
         jpeg_subsampling=args.jpeg_subsampling, shard_size=args.shard_size,
         max_shard_bytes=int(args.max_shard_mb * 2**20), size=size,
         expect=None if size else shape, image_shape=[h, w, 3], max_reject_rate=args.max_reject_rate,
-        source_info=source.describe(), class_names=declared,
-        chunk=args.chunk, read_parts=args.read_parts or 1, isolate_decoders=args.isolate_decoders)
+        source_info=source.describe(), class_names=declared, owner_overlap=args.owner_overlap,
+        chunk=args.chunk, read_parts=args.read_parts or 1, isolate_decoders=args.isolate_decoders,
+        size_note=size_note)
     return source, config, declared, scheme.info.as_dict(h, w)
-
-
-def _check_out(out: str, overwrite: bool) -> None:
-    """Refuse to write into a folder that holds anything (a dataset: unless --overwrite, which deletes
-    only what an earlier prepare wrote). The same rules for a local folder and a gs:// prefix."""
-    from pipelines import outdir
-
-    if not outdir.is_remote(out) and os.path.exists(out) and not os.path.isdir(out):
-        raise PrepareError(f"--out {out} is a file; give a folder")
-    try:
-        files = outdir.list_files(out)
-    except ValueError as exc:  # Beam has no file system for the scheme (e.g. gs:// without apache-beam[gcp])
-        raise PrepareError(f"--out {out}: {exc}") from None
-    if not files:
-        return
-    if outdir.MANIFEST_NAME not in files and not overwrite:
-        raise PrepareError(f"--out {out} exists and is not empty; choose a new folder (or --overwrite)")
-    if not overwrite:
-        raise PrepareError(f"--out {out} already holds a dataset; pass --overwrite to replace it")
-    outdir.delete(out, outdir.previous_run(files))
-
-
-def _watch_progress(progress_dir: str, stop: threading.Event, quiet: bool) -> None:
-    """Live progress: sum the counters each worker drops in DIR/.progress (local runs only)."""
-    from tqdm import tqdm
-
-    bar = tqdm(desc="prepare", unit="img", disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True,
-               mininterval=0.5)
-    shown = 0
-    while not stop.wait(0.5):
-        total, rej = 0, 0
-        try:
-            for f in os.listdir(progress_dir):
-                if f.endswith(".json"):
-                    with open(os.path.join(progress_dir, f)) as fh:
-                        d = json.load(fh)
-                    total, rej = total + d["read"], rej + d["rejected"]
-        except (OSError, ValueError, KeyError):
-            continue
-        if total > shown:
-            bar.update(total - shown)
-            shown = total
-            bar.set_postfix(rejected=rej)
-    bar.close()
 
 
 def quiet_beam_logging() -> None:
     """Keep two of Beam's local log lines off the user's terminal: the import-time warning about
     BigQuery client libraries (prepare never uses BigQuery), and the runner's ERROR record with a
     traceback of a DoFn's exception, which Beam then re-raises to :func:`run_args` (that reports it:
-    a one-line error for a failed reject-rate check, the full traceback for anything else)."""
+    one line for the failures it knows, the full traceback for anything else)."""
     import logging
 
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's note when the decoder subprocess forks
@@ -324,17 +265,51 @@ def quiet_beam_logging() -> None:
     logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
 
 
+def known_failure(exc: BaseException) -> str | None:
+    """The one line to print for a failure prepare knows (reject rate, a write that failed), else None.
+
+    In-process runners re-raise the DoFn's exception; others pass its text on, so the text is searched.
+    """
+    from pipelines.outdir import WriteFailed
+    from pipelines.transforms import RejectRateExceeded
+
+    for cls in (RejectRateExceeded, WriteFailed):
+        text = str(exc)
+        if isinstance(exc, cls):
+            return text.split(" [while running")[0]
+        tag = f"{cls.__name__}: "
+        if tag in text:
+            line = next(l for l in text.splitlines() if tag in l)
+            return line.split(tag, 1)[1].split(" [while running")[0]
+    return None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the run stops cleanly (Beam may re-raise it wrapped in its own error)."""
+
+
+def _on_signal(signum, frame):
+    _SIGNALLED.set()
+    raise Interrupted()
+
+
+_SIGNALLED = threading.Event()
+
+
 def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     quiet_beam_logging()
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from lcrypt.table import format_table
     from pipelines import outdir
+    from pipelines.runlock import claim_out, left_behind
 
     try:
+        parser = argparse.ArgumentParser(allow_abbrev=False)
+        add_arguments(parser)
+        check_beam_args(beam_args, parser)
         source, config, declared, scheme_info = plan(args)
-        _check_out(args.out, args.overwrite)
-    except PrepareError as exc:
+        lock = claim_out(args.out, args.overwrite)
+    except (PrepareError, outdir.OutError, outdir.WriteFailed) as exc:
         print(f"lcrypt prepare: error: {exc}", file=sys.stderr)
         return 2
     options = PipelineOptions(list(beam_args))
@@ -346,31 +321,46 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     stop = threading.Event()
     watcher = None
     if is_local_runner(options):  # workers on this machine drop their counters in a local folder
-        config.progress_dir = tempfile.mkdtemp(prefix="lcrypt-progress-")
-        watcher = threading.Thread(target=_watch_progress, args=(config.progress_dir, stop, args.quiet), daemon=True)
+        config.progress_dir = progress.folder()
+        watcher = threading.Thread(target=progress.watch, args=(config.progress_dir, stop, args.quiet), daemon=True)
         watcher.start()
+    in_main = threading.current_thread() is threading.main_thread()
+    handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    _SIGNALLED.clear()
+    finished = False
     try:
         p = make_pipeline(options)
         build(p, source, config, declared, scheme_info)
-        result = p.run()
-        result.wait_until_finish()
-    except Exception as exc:
-        msg = str(exc)
-        from pipelines.transforms import RejectRateExceeded
-
-        if "RejectRateExceeded" in msg or isinstance(exc, RejectRateExceeded):
-            line = next((l for l in msg.splitlines() if "records rejected" in l), msg.splitlines()[-1])
-            print(f"lcrypt prepare: error: {line.split('RejectRateExceeded: ')[-1]}", file=sys.stderr)
-            return 1
-        raise
+        p.run().wait_until_finish()
+        finished = True
+    except (KeyboardInterrupt, Exception) as exc:
+        if isinstance(exc, KeyboardInterrupt) or _SIGNALLED.is_set():
+            print(f"lcrypt prepare: interrupted: {left_behind(config.out)}", file=sys.stderr)
+            return 130
+        line = known_failure(exc)
+        if line is None:
+            raise
+        print(f"lcrypt prepare: error: {line}; {left_behind(config.out)}", file=sys.stderr)
+        return 1
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         stop.set()
         if watcher:
             watcher.join()
         if config.progress_dir:
             shutil.rmtree(config.progress_dir, ignore_errors=True)
-        outdir.remove_fragments(config.out)  # after a failure (Finalize removes them after a success)
-    wall = time.perf_counter() - t0
+        if not finished:
+            outdir.remove_scratch(config.out)
+        lock.release(finished)
+    return summarize(args, config, time.perf_counter() - t0)
+
+
+def summarize(args: argparse.Namespace, config, wall: float) -> int:
+    """The summary table of a finished run (and the warnings a user should see)."""
+    from lcrypt.table import format_table
+    from pipelines import outdir
+
     m = outdir.load_manifest(config.out)
     rows = [[s["split"], s["owner"], s["read"], s["written"], s["rejected"], s["bytes"], s["written"] / wall]
             for s in m.stats]
@@ -378,7 +368,7 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     rows.append(["all", "", *tot, tot[1] / wall])
     print(format_table(rows, ["split", "owner", "read", "written", "rejected", "bytes", "images/s"]))
     print(f"{len(m.shards)} shards, scheme {m.scheme} {m.scheme_params}, encoding {m.encoding}"
-          f"{' q' + str(m.jpeg_quality) if m.jpeg_quality else ''}, {wall:.1f} s wall; "
+          f"{' q' + str(m.jpeg_quality) if m.jpeg_quality else ''}, {config.size_note}, {wall:.1f} s wall; "
           f"owners: {', '.join(f'{o.name} (key {o.key_id})' for o in m.owners)}")
     if tot[2]:
         print(f"rejected records and reasons: {outdir.join(config.out, outdir.ERRORS_NAME)}")
@@ -405,7 +395,8 @@ def construct(argv: Sequence[str]):
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse known args, hand the rest to Beam (the wordcount way), run, print the summary."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.prepare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.prepare", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     add_arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
     return run_args(args, beam_args)

@@ -15,6 +15,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -64,6 +66,8 @@ class PrepareConfig:
     chunk: int = 256
     read_parts: int = 1
     isolate_decoders: bool = True  # EncryptChunkFn runs in a subprocess: a decoder crash rejects, not kills
+    owner_overlap: str = "error"  # a record several owners match: "error" rejects it, "first" takes the first
+    size_note: str = ""  # how the image size was decided (for the summary)
 
 
 ChunkResult = tuple[list, list, dict]
@@ -122,6 +126,8 @@ class EncryptChunkFn(beam.DoFn):
         """The chunk's result; if it fails as a whole, each record's, rejecting those that fail alone."""
         try:
             return self._in_subprocess(chunk) if self.config.isolate_decoders else self.encrypt_chunk(chunk)
+        except outdir.WriteFailed:
+            raise  # the output, not the record, failed: stop the job (retrying records would reject them all)
         except Exception as exc:  # a crashed decoder process (BrokenProcessPool) or an escaped bug
             if len(chunk) == 1:
                 r = tuple_record(chunk[0])
@@ -270,9 +276,20 @@ def fragment_name(chunk) -> str:
 
 
 def _adopt(fn: EncryptChunkFn) -> None:
-    """Pool initializer: the forked decoder process keeps the DoFn it was forked with (one per process)."""
+    """Pool initializer: the forked decoder process keeps the DoFn it was forked with (one per process),
+    leaves Ctrl-C to its parent, and dies with it (a SIGKILLed parent would otherwise leave it blocked on
+    its pipe forever, holding the source open)."""
     global _SUBPROCESS_FN
     _SUBPROCESS_FN = fn
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, name="lcrypt-watch-parent", daemon=True).start()
 
 
 def _encrypt_in_subprocess(chunk: list) -> ChunkResult:
@@ -285,7 +302,11 @@ _SUBPROCESS_FN: EncryptChunkFn | None = None  # set in the decoder subprocess on
 def dead_letter_rows(bad) -> Iterator[dict]:
     """Beam's dead letter ``(chunk, (exc_type, exc, traceback))`` -> one rejection per record of the chunk."""
     chunk, err = bad
-    reason = f"failed: {err[0].__name__ if isinstance(err, tuple) else type(err).__name__}"
+    kind = err[0] if isinstance(err, tuple) else type(err)
+    if isinstance(kind, type) and issubclass(kind, outdir.WriteFailed):
+        message = err[2][-1] if isinstance(err, tuple) else str(err)
+        raise outdir.WriteFailed(message.strip().split("WriteFailed: ", 1)[-1])
+    reason = f"failed: {kind.__name__}"
     for t in chunk:
         r = tuple_record(t)
         yield {"source": r.source_id, "split": r.split or NO_SPLIT, "owner": NO_OWNER, "reason": reason,

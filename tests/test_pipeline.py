@@ -337,17 +337,21 @@ def test_out_holding_files_is_refused_and_overwrite_replaces_only_what_prepare_w
     (folder / "notes.txt").write_text("the user's")
     assert run(pooled["argv"] + ["--out", out]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
-    assert run(pooled["argv"] + ["--out", out, "--overwrite"]) == 0
+    assert run(pooled["argv"] + ["--out", out, "--overwrite"]) == 2  # the user's file: nothing is touched
+    assert "did not write (notes.txt)" in capsys.readouterr().err
+    assert tree_files(folder) == {"notes.txt": b"the user's"}
+    (folder / "notes.txt").unlink()
+    assert run(pooled["argv"] + ["--out", out]) == 0
     assert run(pooled["argv"] + ["--out", out]) == 2
     assert "already holds a dataset; pass --overwrite" in capsys.readouterr().err
-    (folder / "train" / "bob-000099.tar").write_bytes(b"a shard of an earlier, larger run")
-    (folder / "test" / "README.md").write_text("the user's too: this folder is not only shards")
-    (folder / "index.parquet").write_bytes(b"damaged")
+    for stray in ("train/bob-000099.tar", "test/README.md"):  # not in the manifest: the user's
+        (folder / stray).write_bytes(b"not written by this dataset's prepare")
+        before = tree_files(folder)
+        assert run(pooled["argv"] + ["--out", out, "--overwrite"]) == 2
+        assert stray in capsys.readouterr().err and tree_files(folder) == before
+        (folder / stray).unlink()
+    (folder / "index.parquet").write_bytes(b"damaged")  # prepare's own file: replaced
     assert run(pooled["argv"] + ["--out", out, "--overwrite"]) == 0
-    assert (folder / "notes.txt").read_text() == "the user's"
-    assert not (folder / "train" / "bob-000099.tar").exists()
-    (folder / "notes.txt").unlink()
-    (folder / "test" / "README.md").unlink()
     same_dataset(pooled["out"], folder)
 
 

@@ -1,0 +1,220 @@
+"""The run lock of ``prepare`` on ``--out``, and making ``--out`` ready for a run.
+
+``prepare`` holds an exclusive ``flock`` on ``OUT/.lcrypt-prepare.lock`` for the whole run (for an object
+store, on a file of this machine's temp folder named after the URL, and the marker is written into the
+store too); the file names the holder (pid, host, start time), so a second run refuses naming it. A
+successful run removes the file; a run that fails or is killed leaves it as the marker of an unfinished
+run, which tells ``--overwrite`` that the shard-named files beside it are that run's (pipelines/outdir.py:
+whose files are whose).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import time
+
+from apache_beam.io.filesystems import FileSystems
+
+from lcrypt import shards
+from pipelines import outdir
+from pipelines.options import PrepareError
+from pipelines.outdir import LOCK_NAME, OutError, WriteFailed
+
+
+def describe_holder(text: str | None) -> str:
+    """'pid 123 on host h, started 2026-...' from a marker's JSON (or what can be said without it)."""
+    try:
+        d = json.loads(text or "")
+        return f"pid {d['pid']} on host {d['host']}, started {d['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+class RunLock:
+    """The exclusive lock of one ``prepare`` run on ``--out`` (see the module docstring).
+
+    :meth:`acquire` refuses in one line naming the running holder; :attr:`previous` is the marker an
+    earlier run left (None when there was none); :meth:`claim` writes this run's marker; :meth:`release`
+    removes it after a finished run, or leaves it as the marker of an unfinished one.
+    """
+
+    def __init__(self, out: str):
+        self.out = out
+        self.remote = outdir.is_remote(out)
+        self.marker = outdir.join(out, LOCK_NAME)
+        if self.remote:
+            digest = hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:24]
+            folder = os.path.join(tempfile.gettempdir(), "lcrypt-locks")
+            os.makedirs(folder, exist_ok=True)
+            self.path = os.path.join(folder, f"{digest}.lock")
+        else:
+            self.path = self.marker
+        self.fd: int | None = None
+        self.previous: str | None = None
+        self.created_out = False
+
+    def acquire(self) -> "RunLock":
+        if not self.remote:
+            if os.path.lexists(self.out) and not os.path.isdir(self.out):
+                raise OutError(f"--out {self.out} is a file; give a folder")
+            if not os.path.isdir(self.out):
+                try:
+                    os.makedirs(self.out)
+                except OSError as exc:
+                    raise OutError(f"--out {self.out}: cannot create the folder ({exc.strerror}); "
+                                   "choose a folder you can write to") from None
+                self.created_out = True
+        while True:
+            existed = os.path.exists(self.path)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                self._undo_out()
+                raise OutError(f"--out {self.out} is not writable ({exc.strerror}); choose a folder you can "
+                               "write to, or fix its permissions") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = describe_holder(os.read(fd, 4096).decode("utf-8", "replace"))
+                os.close(fd)
+                raise OutError(f"--out {self.out} is in use by another lcrypt prepare ({holder}); wait for it "
+                               "to finish or choose another folder") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not a file the previous holder unlinked while we waited
+                break
+            os.close(fd)
+        self.fd = fd
+        if self.remote:
+            self.previous = outdir.read_text(self.marker) if FileSystems.exists(self.marker) else None
+        else:
+            text = os.read(fd, 1 << 16).decode("utf-8", "replace")
+            self.previous = text if existed else None
+            if existed and not text:  # an empty lock file: a run killed before it wrote its marker
+                self.previous = "{}"
+        return self
+
+    def claim(self, command: str = "lcrypt prepare") -> None:
+        """Write this run's marker: who holds the folder, so a second run can name it."""
+        body = json.dumps({"command": command, "pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, sort_keys=True).encode()
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, body, 0)
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise WriteFailed(f"cannot write {self.path}: {exc.strerror}") from None
+        if self.remote:
+            outdir.write_atomic(self.marker, body)
+
+    def release(self, finished: bool) -> None:
+        """Unlock; a finished run also removes its marker (an unfinished one leaves it behind)."""
+        if self.fd is None:
+            return
+        try:
+            if finished:
+                if self.remote:
+                    FileSystems.delete([self.marker])
+                os.unlink(self.path)  # before unlocking: a waiting run then sees the inode change
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def abandon(self) -> None:
+        """Release a lock taken for a run that was refused before it started: leave no trace of it."""
+        if self.fd is None:
+            return
+        if self.remote or self.previous is None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        os.close(self.fd)
+        self.fd = None
+        self._undo_out()
+
+    def _undo_out(self) -> None:
+        if self.created_out:
+            try:
+                os.rmdir(self.out)
+            except OSError:
+                pass
+            self.created_out = False
+
+
+def claim_out(out: str, overwrite: bool):
+    """Lock ``out`` for this run and make it ready: empty, or (``--overwrite``) emptied of exactly what
+    an earlier prepare wrote. Refuses, deleting nothing, when it holds anything else (outdir's rules)."""
+    try:
+        lock = RunLock(out).acquire()
+    except ValueError as exc:  # Beam has no file system for the scheme (e.g. gs:// without apache-beam[gcp])
+        raise PrepareError(f"--out {out}: {exc}") from None
+    try:
+        files, links = outdir.survey(out)
+        files = [f for f in files if f != outdir.LOCK_NAME]
+        unfinished = lock.previous is not None
+        if files or links or unfinished:
+            if not overwrite:
+                if outdir.MANIFEST_NAME in files:
+                    raise PrepareError(f"--out {out} already holds a dataset; pass --overwrite to replace it")
+                if unfinished:
+                    raise PrepareError(f"--out {out} holds a prepare run that did not finish "
+                                       f"({describe_holder(lock.previous)}); pass --overwrite to start over")
+                raise PrepareError(f"--out {out} exists and is not empty; choose a new folder")
+            listed: set[str] = set()
+            if outdir.MANIFEST_NAME in files:
+                try:
+                    listed = {s.path for s in outdir.load_manifest(out).shards}
+                except (ValueError, OSError):
+                    pass  # a damaged manifest lists nothing; its shards count as ours only after a marker
+            ours, foreign = outdir.classify(files, listed, unfinished)
+            foreign = sorted(foreign + links)
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise PrepareError(f"--out {out} holds {len(foreign)} file(s) an earlier prepare did not write "
+                                   f"({shown}); --overwrite deletes only prepare's own files, so nothing was "
+                                   "deleted: move them away or choose another folder")
+            outdir.delete(out, ours)
+        lock.claim()
+    except BaseException:
+        lock.abandon()
+        raise
+    return lock
+
+
+def check_apart(out: str, source: str) -> None:
+    """Refuse an --out inside the source, equal to it, or holding it: the shards would land among the
+    images (and the next run would read them as images), or --overwrite would reach the source."""
+    def norm(p: str) -> str:
+        return p.rstrip("/") if outdir.is_remote(p) else os.path.realpath(p)
+
+    o, s = norm(out), norm(source)
+    if outdir.is_remote(out) != outdir.is_remote(source):
+        return
+    sep = "/" if outdir.is_remote(out) else os.sep
+    if o == s or o.startswith(s + sep):
+        raise PrepareError(f"--out {out} is inside --source {source}: the shards would land among the source's "
+                           "images; choose an output folder outside the source")
+    if s.startswith(o + sep):
+        raise PrepareError(f"--source {source} is inside --out {out}: choose an output folder that does not "
+                           "hold the source")
+
+
+def left_behind(out: str) -> str:
+    """What an unfinished run leaves in ``out``, in words (for the one line an interruption prints)."""
+    try:
+        files, _ = outdir.survey(out)
+    except (OSError, ValueError):
+        return f"--out {out} could not be listed"
+    n = sum(1 for f in files if shards.SHARD_RE.match(f))
+    return (f"--out {out} holds {n} complete shard(s) of an unfinished run and no manifest; run the same "
+            "command with --overwrite to start over")
