@@ -642,7 +642,7 @@ class TarSpecial(NamedTuple):
     """A tar member that is not a regular file or a folder, given by :func:`iter_members` with
     ``links="yield"`` in place of the member's bytes: what it is and, for a link, what it points to."""
 
-    kind: str  # "hard link", "symbolic link", "character device", "block device", "FIFO", or "type 'S'"...
+    kind: str  # "hard link", "symbolic link", "character device", "block device", "FIFO", or another type
     target: str = ""  # a link's target path ("" for the other kinds)
 
     @property
@@ -658,6 +658,7 @@ _REGULAR = (b"0", b"\0", b"7")
 _SKIPPED = (b"5", b"D", b"V", b"g")  # folders (ustar, GNU dump-dir), a volume label, global pax header
 _SPECIAL_KINDS = {b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device",
                   b"6": "FIFO"}
+_NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")  # POSIX: no data blocks follow these, whatever "size" says
 
 
 def iter_members(fileobj: IO[bytes], keep: Callable[[int], bool] | None = None,
@@ -694,6 +695,8 @@ def iter_members(fileobj: IO[bytes], keep: Callable[[int], bool] | None = None,
         kind = header[156:157]
         if pax.get("size"):
             size = int(pax["size"])
+        if kind in _NO_DATA:
+            size = 0
         meta = kind in (b"L", b"K", b"x")
         if not meta and kind not in _SKIPPED:  # a file: regular or special, counted alike
             index += 1
@@ -701,7 +704,7 @@ def iter_members(fileobj: IO[bytes], keep: Callable[[int], bool] | None = None,
             if special is not None and links == "error":
                 name = _member_name(header, pax, long_name)
                 raise ShardFormatError(f"tar member {special.describe(name)}; only regular files are read "
-                                       "(lcrypt shards never contain links)")
+                                       "(lcrypt shards never contain links or special files)")
             if keep is not None and not keep(index):
                 if size:
                     _read_exact(f, size + -size % TAR_BLOCK, "a member")
