@@ -208,7 +208,8 @@ def test_layout_and_owner_matching():
     assert tree_layout("val/cat/1.jpg", "train") == ("val", "cat", "")  # a split keeps its folder's name
     assert tree_layout("cat/1.jpg", "all") == ("all", "cat", "")
     assert tree_layout("README", "train")[2].startswith("layout: file is at the top")
-    assert tree_layout("cat/extra/1.jpg", "train")[2].startswith("layout: 'extra' is a folder inside class folder 'cat'")
+    assert tree_layout("cat/extra/1.jpg", "train")[2].startswith("layout: 'extra' is a folder inside class "
+                                                                 "folder 'cat'")
     assert tree_layout("test/1.jpg", "train", layout="class") == ("train", "test", "")
     assert tree_layout("fold1/cat/1.jpg", "train", layout="split") == ("fold1", "cat", "")
     owners = [("a", ["train/cat/*"]), ("b", ["*"])]
