@@ -9,7 +9,6 @@ One definition for the library side: raw sources (:mod:`lcrypt.datasets`), manif
 from __future__ import annotations
 
 import os
-import posixpath
 from pathlib import Path
 from typing import IO
 
@@ -62,17 +61,47 @@ def isdir(path: str | os.PathLike) -> bool:
     return local(path).is_dir()
 
 
-def walk(root: str | os.PathLike) -> list[str]:
-    """Every regular file under ``root`` as a POSIX path relative to it, sorted."""
+def walk(root: str | os.PathLike, follow_links: bool = False) -> list[str]:
+    """Every file under ``root`` as a POSIX path relative to it, sorted ([] when ``root`` is no folder).
+
+    ``follow_links=True`` (what raw sources use: a split folder may be a link to another disk) enters
+    symlinked folders and lists files under their path inside ``root``; a link to one of its own
+    ancestors would list forever, so it is a ValueError naming it. Without it, symlinked folders are
+    not entered (the ``--out`` folder: nothing is ever deleted through a link). A symlink to a file,
+    even a broken one, is listed: reading it says what is wrong with it. A folder that cannot be listed
+    is a ValueError, never a silent gap.
+    """
     if is_url(root):
         fs, p = _fs(str(root))
         base = p.rstrip("/") + "/"
         return sorted(f[len(base):] for f in fs.find(p) if f.startswith(base))
-    out = []
-    for d, dirs, files in os.walk(local(root)):
-        rel = os.path.relpath(d, local(root))
-        out += [f if rel == "." else posixpath.join(Path(rel).as_posix(), f) for f in files]
+    top = local(root)
+    if not top.is_dir():
+        return []
+    out: list[str] = []
+    _walk_into(str(top), "", {os.path.realpath(top)}, follow_links, out)
     return sorted(out)
+
+
+def _walk_into(folder: str, rel: str, ancestors: set[str], follow_links: bool, out: list[str]) -> None:
+    """Append the files under ``folder`` (``rel`` inside the root) to ``out``; ``ancestors``: the real
+    paths of the folders from the root down to this one (a link to one of them is a loop)."""
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError as exc:
+        raise ValueError(f"cannot list folder {rel or '.'!r}: {exc.strerror or exc}; fix its permissions or "
+                         "move it out of the source") from None
+    for e in entries:
+        path = f"{rel}/{e.name}" if rel else e.name
+        if e.is_dir(follow_symlinks=False) or (follow_links and e.is_symlink() and e.is_dir()):
+            real = os.path.realpath(e.path)
+            if real in ancestors:
+                raise ValueError(f"folder {path!r} links back to {real!r}, a folder that contains it: the "
+                                 "tree would never end; remove the link or point it elsewhere")
+            _walk_into(e.path, path, ancestors | {real}, follow_links, out)
+        elif not e.is_symlink() or not e.is_dir():  # files, links to files, broken links
+            out.append(path)
 
 
 def join(root: str | os.PathLike, rel: str) -> str:

@@ -14,6 +14,7 @@ from typing import IO, Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from lcrypt import storage
 from lcrypt.datasets import Record, Source
 from pipelines import outdir
 
@@ -23,7 +24,7 @@ CHUNK = 256  # records per batch: large enough to amortise Beam, small enough to
 
 class BeamFS:
     """The file-system interface lcrypt.datasets.Source expects, on apache_beam.io.filesystems (the same
-    listing and joining as the --out folder: pipelines/outdir.py)."""
+    joining as the --out folder: pipelines/outdir.py)."""
 
     def open(self, path: str) -> IO[bytes]:
         return FileSystems.open(path, compression_type="uncompressed")
@@ -39,7 +40,12 @@ class BeamFS:
     def exists(self, path: str) -> bool:
         return FileSystems.exists(path) or self.isdir(path)
 
-    walk = staticmethod(outdir.list_files)
+    @staticmethod
+    def walk(path: str) -> list[str]:
+        """A source's files: an object store's listing (as the --out folder's), or a local tree with its
+        symlinked folders followed (lcrypt.storage.walk), as the library reads sources."""
+        return outdir.list_files(path) if outdir.is_remote(path) else storage.walk(path, follow_links=True)
+
     join = staticmethod(outdir.join)
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from lcrypt import shards
-from lcrypt.datasets import Record, Source, decode_record, detect_kind, load_arrays, match_owner, tree_layout
+from lcrypt.datasets import Record, Source, decode_record, detect_kind, load_arrays, owners_of, tree_layout
 from lcrypt.images import ImageRejected
 
 CLASSES = ["bird", "cat", "dog"]
@@ -180,7 +180,7 @@ def test_parquet_hugging_face_layout(tmp_path):
     assert np.array_equal(x, imgs) and list(y) == labels and names == ["zebra", "ant", "mole"]
 
 
-def test_parquet_null_label_is_a_layout_rejection_not_a_class(tmp_path):
+def test_parquet_null_label_is_a_label_rejection_not_a_class(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -190,8 +190,9 @@ def test_parquet_null_label_is_a_layout_rejection_not_a_class(tmp_path):
     recs = list(Source.parse(str(path)))
     assert [r.class_name for r in recs] == ["2", "", "0"]
     assert not recs[0].layout_error and "is null" in recs[1].layout_error and recs[1].source_id == "plain.parquet#1"
-    with pytest.raises(ImageRejected, match="layout"):
+    with pytest.raises(ImageRejected, match="^label: column 'label' is null") as exc:
         decode_record(recs[1])
+    assert exc.value.reason == "label"
 
 
 def test_webdataset_shards(tmp_path):
@@ -204,14 +205,19 @@ def test_webdataset_shards(tmp_path):
 
 def test_layout_and_owner_matching():
     assert tree_layout("cifar10/train/cat/1.jpg", "train") == ("train", "cat", "")
+    assert tree_layout("val/cat/1.jpg", "train") == ("val", "cat", "")  # a split keeps its folder's name
     assert tree_layout("cat/1.jpg", "all") == ("all", "cat", "")
-    assert tree_layout("README", "train")[2]
+    assert tree_layout("README", "train")[2].startswith("layout: file is at the top")
+    assert tree_layout("cat/extra/1.jpg", "train")[2].startswith("layout: 'extra' is a folder inside class "
+                                                                 "folder 'cat'")
+    assert tree_layout("test/1.jpg", "train", layout="class") == ("train", "test", "")
+    assert tree_layout("fold1/cat/1.jpg", "train", layout="split") == ("fold1", "cat", "")
     owners = [("a", ["train/cat/*"]), ("b", ["*"])]
     rec = Record("cifar10/train/cat/1.jpg", "train", "cat", b"")
-    assert match_owner(rec, owners) == "a"
-    assert match_owner(Record("cifar10/train/dog/1.jpg", "train", "dog", b""), owners) == "b"
-    assert match_owner(Record("x#1", "train", "c", b"", group="site-A"), [("a", ["site-A"])]) == "a"
-    assert match_owner(Record("x#1", "train", "c", b"", group="site-B"), [("a", ["site-A"])]) is None
+    assert owners_of(rec, owners) == ["a", "b"]  # every match, in the owners' order
+    assert owners_of(Record("cifar10/train/dog/1.jpg", "train", "dog", b""), owners) == ["b"]
+    assert owners_of(Record("x#1", "train", "c", b"", group="site-A"), [("a", ["site-A"])]) == ["a"]
+    assert owners_of(Record("x#1", "train", "c", b"", group="site-B"), [("a", ["site-A"])]) == []
 
 
 def test_unknown_source_is_a_clear_error(tmp_path):
