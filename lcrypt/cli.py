@@ -2,29 +2,58 @@
 
 Core subcommands live here; `prepare` (pipelines), `verify` and `evaluate` are plugins declared in
 pyproject's ``lcrypt.commands`` entry points, so lcrypt never imports the packages that depend on it.
-Every subcommand ends with a summary table and returns an exit code.
+Every subcommand ends with a summary table and returns an exit code: 0 done, 1 done but some inputs were
+skipped (each named with its reason), 2 refused (one line on stderr naming the file or flag and the
+rule; nothing written), 141 stdout was closed early (``lcrypt schemes --json | head -1``: the rest of
+the output is dropped quietly, as a command killed by SIGPIPE would).
+
+``encrypt`` / ``decrypt`` rules:
+
+- Inputs are files, or folders read recursively (every regular file: a file that is not an image is
+  skipped with its reason, never ignored). Images are decoded by :mod:`lcrypt.images`' rules, as
+  ``lcrypt prepare`` does; a file that breaks one, or whose size the scheme refuses (block schemes need
+  multiples of the block size, ``catmap`` square images), is skipped with the rule and the run exits 1
+  after writing the others. Outputs keep their path relative to the input folder, as lossless PNG.
+- Each output is written to a temporary name and renamed, so no output is ever half-written.
+- ``--out`` may not be an input folder or lie inside one (paths compared after resolving symlinks), no
+  output may resolve to an input file, and no existing file is ever overwritten: choose a new ``--out``
+  or remove the old output first. These are checked before anything is written.
+- ``encrypt`` writes a PNG text chunk ``lcrypt`` holding JSON ``{"format": "lcrypt-image/1", "state":
+  "encrypted", "scheme", "params" (as the scheme normalises them), "key_id", "owner"}`` (the public key
+  fingerprint, never the secret), and refuses an input that carries it (no double encryption).
+- ``decrypt`` refuses, before writing anything, an input whose chunk names another scheme, other
+  parameters or another key than those given. An input without the chunk (an image taken out of a shard,
+  a JPEG) cannot be checked: it is refused unless ``--allow-unmarked`` is given, and then decrypted with
+  the scheme, parameters and key given and marked "unchecked" in the summary. Decrypted PNGs carry no
+  chunk, so they are never mistaken for ciphertexts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
 
 from lcrypt import __version__
-from lcrypt.images import read_image
+from lcrypt.images import ALLOWED_FORMATS, decode_image
 from lcrypt.keys import Key, KeyFileError
 from lcrypt.preview import center_crop_square, preview_grid, save_png
-from lcrypt.schemes import get_scheme, list_schemes
+from lcrypt.schemes import Scheme, get_scheme, list_schemes
+from lcrypt.shards import check_owner
 from lcrypt.table import format_table
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+MARK_KEYWORD = "lcrypt"  # the PNG text chunk `lcrypt encrypt` writes
+MARK_FORMAT = "lcrypt-image/1"
+EXIT_SKIPPED, EXIT_REFUSED, EXIT_BROKEN_PIPE = 1, 2, 141
 
 
 class UserError(Exception):
@@ -43,24 +72,162 @@ def parse_params(pairs: Sequence[str] | None) -> dict[str, str]:
     return params
 
 
-def collect_images(inputs: Sequence[str]) -> list[Path]:
-    """Image files named directly, or found (recursively, sorted) in the folders named."""
-    files: list[Path] = []
+def list_files(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
+    """``(file, path relative to its input)`` for files named directly and every file under the folders named.
+
+    Every regular file is listed, not only those with an image suffix: the decoding rules decide, so a
+    file that is not an image is reported with its reason rather than left out unnoticed.
+    """
+    files: list[tuple[Path, Path]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            files += [(f, f.relative_to(p)) for f in sorted(p.rglob("*")) if f.is_file()]
         elif p.is_file():
-            files.append(p)
+            files.append((p, Path(p.name)))
         else:
             raise UserError(f"input {item} does not exist")
     if not files:
-        raise UserError("no images found in the inputs (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+        raise UserError(f"no files found in {', '.join(inputs)}")
     return files
+
+
+def plan_outputs(inputs: Sequence[str], out: Path) -> list[tuple[Path, Path]]:
+    """``(input, output PNG)`` pairs, refusing any ``--out`` that could overwrite an input or any file.
+
+    Checked before anything is written (see the module docstring for the rule).
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    out_real = out.resolve()
+    for item in inputs:
+        folder = Path(item).resolve()
+        if Path(item).is_dir() and (out_real == folder or folder in out_real.parents):
+            raise UserError(f"--out {out} is (or is inside) the input folder {item}: the outputs could "
+                            "overwrite the inputs and be read as inputs next time; choose an --out outside "
+                            "the input folders")
+    pairs = [(src, out / rel.with_suffix(".png")) for src, rel in list_files(inputs)]
+    sources = {src.resolve(): src for src, _ in pairs}
+    targets: dict[Path, Path] = {}
+    existing = []
+    for src, dst in pairs:
+        real = dst.resolve()
+        if real in sources:
+            raise UserError(f"{src} would be written to {dst}, overwriting the input {sources[real]}; "
+                            "choose an --out folder that holds no inputs")
+        if real in targets:
+            raise UserError(f"{targets[real]} and {src} would both write {dst}; rename one, or convert them "
+                            "into separate --out folders")
+        targets[real] = src
+        if dst.exists() or dst.is_symlink():
+            existing.append(dst)
+    if existing:
+        raise UserError(f"{existing[0]} already exists{_more(existing)}: lcrypt never overwrites a file; "
+                        "choose a new --out folder or remove the old output first")
+    return pairs
+
+
+def encryption_mark(scheme: Scheme, key: Key) -> dict[str, Any]:
+    """What an encrypted PNG records about how it was made: public facts only, never the secret."""
+    return {"format": MARK_FORMAT, "state": "encrypted", "scheme": scheme.name, "params": scheme.params,
+            "key_id": key.key_id, "owner": key.owner}
+
+
+def read_mark(path: Path) -> dict[str, Any] | None:
+    """The ``lcrypt`` chunk of a PNG (``{}`` when it is damaged), or None when the file has none.
+
+    Only the chunks before the pixel data are read (where `lcrypt encrypt` writes it), not the pixels.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=["PNG"]) as im:
+                text = im.info.get(MARK_KEYWORD)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None  # not a PNG: the decoding rules accept or reject it later, with their reason
+    if text is None:
+        return None
+    try:
+        mark = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return mark if isinstance(mark, dict) and mark.get("format") == MARK_FORMAT else {}
+
+
+def describe_mark(mark: dict[str, Any]) -> str:
+    """``etc block_size=16 under key 1fc1... (owner o)``, or what is known of a damaged chunk."""
+    if not mark:
+        return "an unreadable lcrypt chunk"
+    params = mark.get("params")
+    text = " ".join(f"{k}={v}" for k, v in sorted(params.items())) if isinstance(params, dict) else ""
+    return (f"{mark.get('scheme')}{' ' + text if text else ''} under key {mark.get('key_id')} "
+            f"(owner {mark.get('owner')})")
+
+
+def _refuse_marks(pairs: list[tuple[Path, Path]], direction: str, scheme: Scheme, key: Key,
+                  allow_unmarked: bool) -> list[Path]:
+    """Refuse double encryption and mismatched decryption up front; return the unmarked inputs."""
+    given = encryption_mark(scheme, key)
+    marks = [(src, read_mark(src)) for src, _ in pairs]
+    if direction == "encrypt":
+        bad = [(src, m) for src, m in marks if m is not None]
+        if bad:
+            src, m = bad[0]
+            raise UserError(f"{src} is already encrypted with {describe_mark(m)}{_more(bad)}: lcrypt does "
+                            "not encrypt twice; give the plain images, or decrypt these first")
+        return []
+    fields = ("scheme", "params", "key_id")
+    bad = [(src, m) for src, m in marks if m is not None and any(m.get(f) != given[f] for f in fields)]
+    if bad:
+        src, m = bad[0]
+        raise UserError(f"{src} was encrypted with {describe_mark(m)}, but {describe_mark(given)} was "
+                        f"given{_more(bad)}; pass the --scheme, --param and --key it was encrypted with")
+    unmarked = [src for src, m in marks if m is None and _looks_like_image(src)]
+    if unmarked and not allow_unmarked:
+        raise UserError(f"{unmarked[0]} carries no lcrypt chunk{_more(unmarked)}, so the scheme, parameters "
+                        "and key cannot be checked (an image out of a shard, or not written by `lcrypt "
+                        "encrypt`); pass --allow-unmarked to decrypt it with those given, unchecked")
+    return unmarked
+
+
+def _more(items: Sequence) -> str:
+    """What a one-line error says about the other files it applies to."""
+    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+
+
+def _looks_like_image(path: Path) -> bool:
+    """Whether Pillow recognises the file at all (the decoding rules judge the rest, with their reason)."""
+    try:
+        with Image.open(path, formats=ALLOWED_FORMATS):
+            return True
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def decode_file(path: Path) -> np.ndarray:
+    """One image file as (H, W, 3) uint8 by lcrypt.images' rules; ValueError gives the rule it breaks."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"unreadable: {exc.strerror}") from None
+    return decode_image(data)
+
+
+def _convert_file(src: Path, scheme: Scheme, direction: str, key: Key) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, its encryption or decryption)``; ValueError gives the decoding or the scheme's rule."""
+    image = decode_file(src)
+    try:
+        return image, getattr(scheme, direction)(image[None], key)[0]
+    except ValueError as exc:
+        raise ValueError(f"{scheme.name}: {exc}") from None
 
 
 # -- commands --------------------------------------------------------------------------------
 def cmd_keygen(args: argparse.Namespace) -> int:
+    try:
+        check_owner(args.owner)
+    except ValueError as exc:
+        raise UserError(f"--owner: {exc} (owner names go into shard file names)") from None
     key = Key.generate(args.owner)
     path = key.save(args.out)
     print(format_table([[key.owner, key.key_id, str(path), "0600"]], ["owner", "key_id", "file", "mode"]))
@@ -89,27 +256,49 @@ def cmd_schemes(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace, direction: str) -> int:
     scheme = get_scheme(args.scheme, **parse_params(args.param))
     key = Key.load(args.key)
-    files = collect_images(args.inputs)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    pairs = plan_outputs(args.inputs, out)
+    unmarked = set(_refuse_marks(pairs, direction, scheme, key, getattr(args, "allow_unmarked", False)))
+    mark = json.dumps(encryption_mark(scheme, key), sort_keys=True) if direction == "encrypt" else None
     start = time.perf_counter()
-    rows, names = [], set()
-    for f in files:
-        image = read_image(f)
-        result = getattr(scheme, direction)(image[None], key)[0]
-        target = out / (f.stem + ".png")
-        if target.name in names:
-            raise UserError(f"two inputs would both write {target}; encrypt them into separate --out folders")
-        names.add(target.name)
-        save_png(result, target)
-        rows.append([f.name, f"{image.shape[0]}x{image.shape[1]}", str(target)])
+    rows, skipped, written = [], [], 0
+    for src, dst in pairs:
+        try:
+            image, result = _convert_file(src, scheme, direction, key)
+        except ValueError as exc:  # lcrypt.images' rules (ImageRejected), or the scheme's size rule
+            skipped.append((src, str(exc)))
+            rows.append([str(src), "-", f"skipped: {exc}"])
+            continue
+        try:
+            save_png(result, dst, text={MARK_KEYWORD: mark} if mark else None)
+        except OSError as exc:
+            raise UserError(f"writing {dst}: {exc.strerror or exc}; {written} image(s) were written to {out} "
+                            "before it (each complete)") from None
+        written += 1
+        note = " (unchecked: no lcrypt chunk)" if src in unmarked else ""
+        rows.append([str(src), f"{image.shape[0]}x{image.shape[1]}", f"{dst}{note}"])
     seconds = time.perf_counter() - start
     print(format_table(rows, ["input", "size", "output (lossless PNG)"]))
-    print(f"\n{direction}ed {len(files)} image(s) with {args.scheme} {scheme.params or ''} under key "
-          f"{key.key_id} ({key.owner}) in {seconds:.2f} s")
-    if direction == "decrypt" and any(f.suffix.lower() in (".jpg", ".jpeg") for f in files):
+    print(f"\n{direction}ed {written} image(s) with {describe_mark(encryption_mark(scheme, key))} in "
+          f"{seconds:.2f} s" + (f"; skipped {len(skipped)} (not written)" if skipped else ""))
+    if unmarked:
+        print(f"note: {len(unmarked)} input(s) carried no lcrypt chunk: decrypted with the scheme, "
+              "parameters and key given, unchecked; if they look like noise, one of those is not what they "
+              "were encrypted with")
+    if direction == "decrypt" and any(src.suffix.lower() in (".jpg", ".jpeg") for src, _ in pairs):
         print("note: some inputs were JPEG: a lossy ciphertext decrypts only approximately")
-    return 0
+    return _report_skipped(args.command, skipped, len(pairs))
+
+
+def _report_skipped(command: str, skipped: list[tuple[Path, str]], total: int) -> int:
+    """One stderr line per skipped input, then the count; exit 1 when anything was skipped."""
+    for src, reason in skipped:
+        print(f"lcrypt {command}: skipped {src}: {reason}", file=sys.stderr)
+    if not skipped:
+        return 0
+    print(f"lcrypt {command}: error: {len(skipped)} of {total} input(s) skipped (listed above); fix or "
+          "remove them and run again", file=sys.stderr)
+    return EXIT_SKIPPED
 
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
@@ -121,28 +310,53 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    if args.size < 1 or args.limit < 1:
+        raise UserError(f"--size {args.size} and --limit {args.limit} must both be at least 1")
+    names = args.schemes.split(",") if args.schemes else list_schemes()
+    for name in names:
+        block = get_scheme(name).info.block_size
+        if block and args.size % block:
+            raise UserError(f"--size {args.size} is not a multiple of {name}'s block size {block}; "
+                            "choose a multiple of 16 (every scheme's default block fits)")
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: the grid is a PNG; give a file name ending in .png")
+    if out.exists() or out.is_symlink():
+        raise UserError(f"--out {out} already exists: lcrypt never overwrites a file; choose another name "
+                        "or remove it first")
     key = Key.load(args.key) if args.key else Key.generate("preview")
-    files = collect_images(args.inputs)[: args.limit]
-    images = np.stack([center_crop_square(read_image(f), args.size) for f in files])
-    schemes = args.schemes.split(",") if args.schemes else None
-    grid = preview_grid(images, key, schemes)
-    save_png(grid, args.out)
-    shown = ["plain"] + [s for s in (schemes or list_schemes()) if s != "plain"]
-    print(format_table([[len(files), f"{args.size}x{args.size}", len(shown), str(args.out),
+    files = [src for src, _ in list_files(args.inputs)]
+    images, skipped = [], []
+    for src in files:
+        if len(images) == args.limit:
+            break
+        try:
+            images.append(center_crop_square(decode_file(src), args.size))
+        except ValueError as exc:
+            skipped.append((src, str(exc)))
+    if not images:
+        raise UserError(f"no usable image in the inputs ({skipped[0][0]}: {skipped[0][1]}"
+                        f"{_more(skipped)})")
+    grid = preview_grid(np.stack(images), key, names)
+    save_png(grid, out)
+    shown = ["plain"] + [s for s in names if s != "plain"]
+    print(format_table([[len(images), f"{args.size}x{args.size}", len(shown), str(out),
                          key.key_id + ("" if args.key else " (throw-away)")]],
                        ["images", "size", "columns", "grid", "key"]))
-    return 0
+    return _report_skipped(args.command, skipped, len(images) + len(skipped))
 
 
 # -- parser ----------------------------------------------------------------------------------
-def _add_convert(sub: argparse._SubParsersAction, name: str, func, help_text: str) -> None:
+def _add_convert(sub: argparse._SubParsersAction, name: str, func, help_text: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (PNG/JPEG/...)")
     p.add_argument("--scheme", required=True, choices=list_schemes())
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="scheme parameter, repeatable")
     p.add_argument("--key", required=True, help="owner key file (from `lcrypt keygen`)")
-    p.add_argument("--out", required=True, help="output folder for lossless PNGs")
+    p.add_argument("--out", required=True, help="output folder for lossless PNGs (outside the input folders; "
+                   "existing files are never overwritten)")
     p.set_defaults(func=func)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schemes)
 
     _add_convert(sub, "encrypt", cmd_encrypt, "encrypt images with a scheme and key (PNG out)")
-    _add_convert(sub, "decrypt", cmd_decrypt, "decrypt images encrypted by `lcrypt encrypt`")
+    p = _add_convert(sub, "decrypt", cmd_decrypt, "decrypt images encrypted by `lcrypt encrypt`")
+    p.add_argument("--allow-unmarked", action="store_true",
+                   help="also decrypt images without lcrypt's chunk (e.g. out of a shard), unchecked")
 
     p = sub.add_parser("preview", help="grid of plain vs encrypted images for every scheme")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
@@ -168,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schemes", help="comma-separated scheme names (default: all)")
     p.add_argument("--size", type=int, default=64, help="square size; a multiple of 16 (default 64)")
     p.add_argument("--limit", type=int, default=6, help="at most this many images (default 6)")
-    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--out", required=True, help="PNG file to create; never overwritten")
     p.set_defaults(func=cmd_preview)
 
     for ep in sorted(entry_points(group="lcrypt.commands"), key=lambda e: e.name):
@@ -188,6 +404,17 @@ def _unavailable(name: str, exc: Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:  # a closed pipe shows here (also after --help), not at exit where it prints a traceback
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_extra", False):
@@ -195,9 +422,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.extra = extra
     try:
         return int(args.func(args) or 0)
-    except (UserError, KeyFileError, ValueError, FileNotFoundError) as exc:
-        print(f"lcrypt {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:
+        raise
+    except (UserError, KeyFileError, ValueError) as exc:
+        return _error(args.command, str(exc))
+    except OSError as exc:  # e.g. a missing folder, permission denied, disk full: name the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _error(args.command, f"{where}{exc.strerror or exc}")
+
+
+def _error(command: str, message: str) -> int:
+    """One line on stderr, whatever the message holds."""
+    print(f"lcrypt {command}: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def _stdout_to_devnull() -> None:
+    """The reader went away (``| head``): drop the rest of the output quietly, as a SIGPIPE'd command does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # stdout is not a real file (a program replaced it)
+        pass
 
 
 if __name__ == "__main__":

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
 from lcrypt.keys import Key
 from lcrypt.schemes import get_scheme, list_schemes
+from lcrypt.shards import atomic_write
 
 CELL = 96
 LABEL_HEIGHT = 14
@@ -46,9 +49,16 @@ def preview_grid(images: np.ndarray, key: Key, schemes: Sequence[str] | None = N
     return np.asarray(canvas)
 
 
-def save_png(image: np.ndarray, path: str | Path) -> Path:
-    """Write an RGB uint8 array as a PNG (creating the parent folder)."""
+def save_png(image: np.ndarray, path: str | Path, text: Mapping[str, str] | None = None) -> Path:
+    """Write an RGB uint8 array as a PNG with optional text chunks (creating the parent folder).
+
+    Written to a temporary name and renamed, so a crash or a full disk never leaves a half-written PNG.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, format="PNG")
+    info = PngInfo()
+    for keyword, value in (text or {}).items():
+        info.add_text(keyword, value)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", pnginfo=info)
+    atomic_write(path, buf.getvalue())
     return path

@@ -3,9 +3,14 @@
 Checks, each reported with the shard (and sample) it concerns, so the user knows exactly what is wrong:
 the manifest loads; every listed shard exists, has the recorded size and sha256; every shard parses as
 the lcrypt shard format (two members per sample, keys sorted, .cls decodes); its sample count and
-sample keys equal the index rows for that shard; labels are in range; no shard file on disk is
-missing from the manifest; per-owner and per-split counts add up. ``--decode`` also decodes every
-image and checks its shape against the manifest (slower).
+sample keys equal the index rows for that shard; labels are in range; index.parquet is readable and has
+its columns; per-owner and per-split counts add up; ``errors.jsonl`` exists when the manifest's stats
+record rejected records, and holds one line for each. The folder holds nothing else: at its root only
+manifest.json, index.parquet, _info.json, errors.jsonl and the manifest's split folders, in a split
+folder only the manifest's shards; any other file is flagged (a shard left from another run, a stray
+file). A ``.lcrypt-prepare.lock`` at the root means a `prepare` run did not finish there (or is still
+running), as do its scratch folders (``.fragments/``: one problem per folder) and temporary ``.*.tmp``
+files. ``--decode`` also decodes every image and checks its shape against the manifest (slower).
 """
 
 from __future__ import annotations
@@ -13,10 +18,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import posixpath
 import sys
 from collections import defaultdict
 from lcrypt import shards, storage
-from lcrypt.manifest import Manifest, ManifestError, read_index
+from lcrypt.manifest import (ERRORS_NAME, INDEX_COLUMNS, INDEX_NAME, MANIFEST_NAME, TIMM_INFO_NAME, Manifest,
+                             ManifestError, read_index)
+
+PREPARE_LOCK = ".lcrypt-prepare.lock"  # created by `lcrypt prepare` while it runs, removed when it ends
+SCRATCH = (".fragments", ".progress")  # prepare's scratch folders, removed when it ends
+ROOT_FILES = (MANIFEST_NAME, INDEX_NAME, TIMM_INFO_NAME, ERRORS_NAME)
+UNFINISHED = "a prepare run did not finish here (or is still running)"
 
 
 def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str], dict]:
@@ -24,15 +36,14 @@ def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str
     directory = str(directory)
     problems: list[str] = []
     totals = {"shards": 0, "samples": 0, "bytes": 0}
+    if storage.exists(storage.join(directory, PREPARE_LOCK)):
+        problems.append(f"{PREPARE_LOCK}: {UNFINISHED}; wait for it to end, or rebuild the dataset with "
+                        "`lcrypt prepare`")
     try:
         m = Manifest.load(directory)
     except ManifestError as exc:
-        return [str(exc)], totals
-    try:
-        index = read_index(directory).to_pylist()
-    except (ManifestError, OSError) as exc:
-        problems.append(f"index.parquet: {exc}")
-        index = []
+        return problems + [str(exc)], totals
+    index = _read_index(directory, problems)
     by_shard: dict[str, list] = defaultdict(list)
     for row in index:
         by_shard[row["shard"]].append(row)
@@ -101,9 +112,8 @@ def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str
             problems.append(f"{entry.path}: sample keys differ from index.parquet ({len(missing)} indexed but absent"
                             f"{': ' + ', '.join(missing[:3]) if missing else ''}; {len(extra)} present but not indexed"
                             f"{': ' + ', '.join(extra[:3]) if extra else ''})")
-    on_disk = {f for f in storage.walk(directory) if f.count("/") == 1 and f.endswith(".tar")}
-    for stray in sorted(on_disk - listed):
-        problems.append(f"{stray}: shard file not listed in the manifest (left from another run?)")
+    problems += _stray_files(storage.walk(directory), listed, set(m.splits))
+    problems += _check_errors_file(directory, m)
     for o in m.owners:
         for split, n in o.counts.items():
             have = sum(s.count for s in m.shards if s.owner == o.name and s.split == split)
@@ -114,6 +124,71 @@ def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str
         if have != n:
             problems.append(f"split {split}: manifest counts {n}, its shards hold {have}")
     return problems, totals
+
+
+def _read_index(directory: str, problems: list[str]) -> list[dict]:
+    """index.parquet's rows, or [] with the reason appended to ``problems`` (never a raw pyarrow error)."""
+    try:
+        table = read_index(directory)
+    except ManifestError as exc:
+        problems.append(f"{INDEX_NAME}: {exc}")
+        return []
+    except Exception as exc:  # pyarrow raises its own types (ArrowInvalid, OSError...) for a damaged file
+        problems.append(f"{INDEX_NAME}: not a readable Parquet file ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())}); restore it or re-run `lcrypt prepare`")
+        return []
+    missing = [c for c in INDEX_COLUMNS if c not in table.column_names]
+    if missing:
+        problems.append(f"{INDEX_NAME}: lacks the column(s) {', '.join(missing)} (not written by lcrypt "
+                        "prepare?)")
+        return []
+    return table.to_pylist()
+
+
+def _stray_files(files: list[str], listed: set[str], splits: set[str]) -> list[str]:
+    """One problem per file that is not part of the dataset (prepare's scratch files: one per folder)."""
+    problems, scratch = [], defaultdict(int)
+    for rel in files:
+        top, _, rest = rel.partition("/")
+        name = posixpath.basename(rel)
+        if rel in listed or (not rest and rel in ROOT_FILES + (PREPARE_LOCK,)):
+            continue
+        if top in SCRATCH:
+            scratch[top] += 1
+        elif name.startswith(".") and name.endswith(".tmp"):
+            problems.append(f"{rel}: temporary file of a write that did not finish ({UNFINISHED}?); "
+                            "delete it once no prepare runs here")
+        elif not rest:
+            problems.append(f"{rel}: stray file at the dataset root (a dataset holds only "
+                            f"{', '.join(ROOT_FILES)} and its split folders); move it out of the dataset")
+        elif "/" not in rest and rest.endswith(".tar"):
+            problems.append(f"{rel}: shard file not listed in the manifest (left from another run?)")
+        elif top in splits:
+            problems.append(f"{rel}: stray file in split folder {top}/ (not a shard of the manifest); move "
+                            "it out of the dataset")
+        else:
+            problems.append(f"{rel}: stray file in {top}/, which is not a split of the manifest; move it out "
+                            "of the dataset")
+    for top, n in sorted(scratch.items()):
+        problems.append(f"{top}/: {n} scratch file(s): {UNFINISHED}; wait for it to end, or rebuild the "
+                        "dataset with `lcrypt prepare`")
+    return problems
+
+
+def _check_errors_file(directory: str, m: Manifest) -> list[str]:
+    """errors.jsonl must exist when the stats record rejections, with one line per rejected record."""
+    rejected = sum(int(s.get("rejected", 0)) for s in m.stats if isinstance(s, dict))
+    path = storage.join(directory, ERRORS_NAME)
+    if not storage.exists(path):
+        if rejected:
+            return [f"{ERRORS_NAME}: missing, but the manifest's stats record {rejected} rejected record(s); "
+                    "it names each and its reason: restore it or re-run `lcrypt prepare`"]
+        return []
+    lines = [line for line in storage.read_bytes(path).splitlines() if line.strip()]
+    if len(lines) != rejected:
+        return [f"{ERRORS_NAME}: {len(lines)} line(s), but the manifest's stats record {rejected} rejected "
+                "record(s) (the file was edited, truncated or comes from another run)"]
+    return []
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -60,9 +60,12 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, images, capsys):
     key = tmp_path / "o.key"
     main(["keygen", "--owner", "o", "--out", str(key)])
     capsys.readouterr()
+    # a size the scheme refuses skips each image with the rule (exit 1), and writes nothing for it
     assert main(["encrypt", "--scheme", "etc", "--param", "block_size=7", "--key", str(key), str(images),
-                 "--out", str(tmp_path / "x")]) == 2
-    assert "not a multiple of block_size 7" in capsys.readouterr().err
+                 "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("not a multiple of block_size 7") == 4 and "4 of 4 input(s) skipped" in err
+    assert not (tmp_path / "x").exists()
     assert main(["encrypt", "--scheme", "etc", "--param", "bogus", "--key", str(key), str(images),
                  "--out", str(tmp_path / "x")]) == 2
     assert "must look like name=value" in capsys.readouterr().err
