@@ -8,6 +8,7 @@ A dataset folder holds (see :mod:`lcrypt.shards` for the shards themselves)::
                       (``{"name", "splits": {split: {"name", "num_samples", "filenames", "shard_lengths"}}}``),
                       so ``timm train.py --dataset wds/NAME --data-dir DIR --train-split train`` runs on it
     errors.jsonl      one line per rejected source record: {"source", "split", "owner", "reason"}
+    .lcrypt-prepare.lock, .fragments/   only while `lcrypt prepare` runs (left behind: it did not finish)
     {split}/{owner}-{index:06d}.tar   the shards
 
 manifest.json fields: ``format``, ``name``, ``lcrypt_version``, ``created`` (UTC time; the only field
@@ -39,6 +40,8 @@ MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.parquet"
 TIMM_INFO_NAME = "_info.json"
 ERRORS_NAME = "errors.jsonl"
+LOCK_NAME = ".lcrypt-prepare.lock"  # a prepare run's lock; left behind, the marker of a run that did not finish
+FRAGMENTS_NAME = ".fragments"  # prepare's scratch folder (encoded images before they are grouped into shards)
 INDEX_COLUMNS = ("key", "shard", "label", "owner", "split")
 
 

@@ -22,11 +22,10 @@ import posixpath
 import sys
 from collections import defaultdict
 from lcrypt import shards, storage
-from lcrypt.manifest import (ERRORS_NAME, INDEX_COLUMNS, INDEX_NAME, MANIFEST_NAME, TIMM_INFO_NAME, Manifest,
-                             ManifestError, read_index)
+from lcrypt.manifest import (ERRORS_NAME, FRAGMENTS_NAME, INDEX_COLUMNS, INDEX_NAME, LOCK_NAME, MANIFEST_NAME,
+                             TIMM_INFO_NAME, Manifest, ManifestError, read_index)
 
-PREPARE_LOCK = ".lcrypt-prepare.lock"  # created by `lcrypt prepare` while it runs, removed when it ends
-SCRATCH = (".fragments", ".progress")  # prepare's scratch folders, removed when it ends
+SCRATCH = (FRAGMENTS_NAME, ".progress")  # prepare's scratch folders (.progress: older versions), removed at its end
 ROOT_FILES = (MANIFEST_NAME, INDEX_NAME, TIMM_INFO_NAME, ERRORS_NAME)
 UNFINISHED = "a prepare run did not finish here (or is still running)"
 
@@ -36,9 +35,9 @@ def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str
     directory = str(directory)
     problems: list[str] = []
     totals = {"shards": 0, "samples": 0, "bytes": 0}
-    if storage.exists(storage.join(directory, PREPARE_LOCK)):
-        problems.append(f"{PREPARE_LOCK}: {UNFINISHED}; wait for it to end, or rebuild the dataset with "
-                        "`lcrypt prepare`")
+    if storage.exists(storage.join(directory, LOCK_NAME)):
+        problems.append(f"{LOCK_NAME}: {UNFINISHED}; if none is running, run the same `lcrypt prepare` "
+                        "command again with --overwrite")
     try:
         m = Manifest.load(directory)
     except ManifestError as exc:
@@ -151,7 +150,7 @@ def _stray_files(files: list[str], listed: set[str], splits: set[str]) -> list[s
     for rel in files:
         top, _, rest = rel.partition("/")
         name = posixpath.basename(rel)
-        if rel in listed or (not rest and rel in ROOT_FILES + (PREPARE_LOCK,)):
+        if rel in listed or (not rest and rel in ROOT_FILES + (LOCK_NAME,)):
             continue
         if top in SCRATCH:
             scratch[top] += 1
@@ -170,7 +169,7 @@ def _stray_files(files: list[str], listed: set[str], splits: set[str]) -> list[s
             problems.append(f"{rel}: stray file in {top}/, which is not a split of the manifest; move it out "
                             "of the dataset")
     for top, n in sorted(scratch.items()):
-        problems.append(f"{top}/: {n} scratch file(s): {UNFINISHED}; wait for it to end, or rebuild the "
+        problems.append(f"{top}/: {n} scratch file(s): {UNFINISHED}; if none is running, rebuild the "
                         "dataset with `lcrypt prepare`")
     return problems
 

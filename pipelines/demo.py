@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, key in keys.items():
         key.save(out / "keys" / f"{name}.key")
     owners = {"hospital-a": {"key": "hospital-a.key", "match": ["*/astronaut/*", "*/chelsea/*"]},
-              "hospital-b": {"key": "hospital-b.key", "match": ["*"]}}
+              "hospital-b": {"key": "hospital-b.key",
+                             "match": ["*/coffee/*", "*/rocket/*", "*/hubble_deep_field/*", "*/retina/*"]}}
     (out / "keys" / "owners.json").write_text(json.dumps(owners, indent=1) + "\n")
 
     print("[3/5] lcrypt prepare (Apache Beam, Python DirectRunner): EtC block 16, lossless PNG shards")

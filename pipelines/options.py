@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="split further so no shard exceeds about this many MiB (default 128)")
     p.add_argument("--size", help="resize (cover, bicubic) and centre-crop every image to S or HxW")
     p.add_argument("--split", default="train", help="split name for sources without split folders")
+    p.add_argument("--layout", choices=("auto", "class", "split"), default="auto",
+                   help="folder trees: auto (split folders are recognised by name: train, test, val...), "
+                   "class (every file is <class>/<file>) or split (every file is <split>/<class>/<file>)")
     p.add_argument("--image-column", help="Parquet: image column (default image)")
     p.add_argument("--label-column", help="Parquet: label column (default label)")
     p.add_argument("--owner-column", help="Parquet: column whose value the owners' match patterns test")

@@ -27,10 +27,11 @@ import uuid
 from apache_beam.io.filesystems import FileSystems
 
 from lcrypt import shards
-from lcrypt.manifest import ERRORS_NAME, INDEX_NAME, MANIFEST_NAME, TIMM_INFO_NAME, Manifest, ManifestError
+from lcrypt.manifest import (ERRORS_NAME, FRAGMENTS_NAME, INDEX_NAME, LOCK_NAME, MANIFEST_NAME, TIMM_INFO_NAME,
+                             Manifest, ManifestError)
 
-FRAGMENTS = ".fragments"  # encoded images between encryption and shard writing; removed at the end
-LOCK_NAME = ".lcrypt-prepare.lock"  # the run lock and, left behind, the marker of an unfinished run
+FRAGMENTS = FRAGMENTS_NAME  # encoded images between encryption and shard writing; removed at the end
+SCRATCH = (FRAGMENTS + "/", ".progress/")  # scratch folders (.progress: where older versions kept progress)
 OWN_FILES = (MANIFEST_NAME, INDEX_NAME, TIMM_INFO_NAME, ERRORS_NAME, LOCK_NAME)
 _ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # lcrypt.shards.atomic_write's temp names
 _BEAM_TMP = re.compile(r"^(?P<name>.+)\.tmp-[0-9a-f]{32}$")  # write_atomic's temp names (object stores)
@@ -106,7 +107,7 @@ def classify(files: list[str], listed: set[str], unfinished: bool) -> tuple[list
     ``listed``: the shard paths of the earlier manifest; ``unfinished``: its run marker was left behind.
     """
     def ours(rel: str) -> bool:
-        if rel in OWN_FILES or rel in listed or rel.startswith(FRAGMENTS + "/"):
+        if rel in OWN_FILES or rel in listed or rel.startswith(SCRATCH):
             return True
         if unfinished and shards.SHARD_RE.match(rel):
             return True
@@ -136,7 +137,7 @@ def delete(out: str, rels: list[str]) -> None:
 def remove_scratch(out: str) -> None:
     """Delete the scratch fragments and temporary files a run leaves when it stops early."""
     files, _ = survey(out)
-    delete(out, [r for r in files if r.startswith(FRAGMENTS + "/") or _temp_target(r)])
+    delete(out, [r for r in files if r.startswith(SCRATCH) or _temp_target(r)])
     if not is_remote(out):
         shutil.rmtree(os.path.join(out, FRAGMENTS), ignore_errors=True)
 

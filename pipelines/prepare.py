@@ -224,11 +224,14 @@ def plan(args: argparse.Namespace):
         raise PrepareError(str(exc)) from None
     try:
         source = open_source(args.source, split=args.split, image_column=args.image_column,
-                             label_column=args.label_column, group_column=args.owner_column or column)
-    except (OSError, ValueError) as exc:
+                             label_column=args.label_column, group_column=args.owner_column or column,
+                             layout=args.layout)
+        check_apart(str(args.out), source.path)
+        shape, size_note = (None, f"image size {size[0]}x{size[1]} (--size)") if size else probe_size(source)
+    except (OSError, ValueError) as exc:  # ShardFormatError is a ValueError
+        if isinstance(exc, PrepareError):
+            raise
         raise PrepareError(f"--source {args.source}: {exc}") from None
-    check_apart(str(args.out), source.path)
-    shape, size_note = (None, f"image size {size[0]}x{size[1]} (--size)") if size else probe_size(source)
     h, w = size or shape
     try:
         scheme.encrypt(__import__("numpy").zeros((1, h, w, 3), "uint8"), next(iter(keys.values())))
@@ -246,7 +249,7 @@ def plan(args: argparse.Namespace):
         expect=None if size else shape, image_shape=[h, w, 3], max_reject_rate=args.max_reject_rate,
         source_info=source.describe(), class_names=declared, owner_overlap=args.owner_overlap,
         chunk=args.chunk, read_parts=args.read_parts or 1, isolate_decoders=args.isolate_decoders,
-        size_note=size_note)
+        size_note=size_note, file_splits=source.file_splits())
     return source, config, declared, scheme.info.as_dict(h, w)
 
 
@@ -370,6 +373,8 @@ def summarize(args: argparse.Namespace, config, wall: float) -> int:
     print(f"{len(m.shards)} shards, scheme {m.scheme} {m.scheme_params}, encoding {m.encoding}"
           f"{' q' + str(m.jpeg_quality) if m.jpeg_quality else ''}, {config.size_note}, {wall:.1f} s wall; "
           f"owners: {', '.join(f'{o.name} (key {o.key_id})' for o in m.owners)}")
+    if config.file_splits:
+        print("split of each source file: " + ", ".join(f"{f} -> {s}" for f, s in config.file_splits))
     if tot[2]:
         print(f"rejected records and reasons: {outdir.join(config.out, outdir.ERRORS_NAME)}")
     for o in m.owners:

@@ -26,7 +26,7 @@ import apache_beam as beam
 import numpy as np
 
 from lcrypt import shards
-from lcrypt.datasets import classes_from_names, decode_record, match_owner
+from lcrypt.datasets import classes_from_names, decode_record, owners_of
 from lcrypt.images import ImageRejected
 from lcrypt.keys import Key
 from lcrypt.manifest import ERRORS_NAME, Manifest, OwnerEntry, ShardEntry
@@ -68,6 +68,7 @@ class PrepareConfig:
     isolate_decoders: bool = True  # EncryptChunkFn runs in a subprocess: a decoder crash rejects, not kills
     owner_overlap: str = "error"  # a record several owners match: "error" rejects it, "first" takes the first
     size_note: str = ""  # how the image size was decided (for the summary)
+    file_splits: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # Parquet/wds file -> split
 
 
 ChunkResult = tuple[list, list, dict]
@@ -162,8 +163,22 @@ class EncryptChunkFn(beam.DoFn):
 
     # -- the work ---------------------------------------------------------------------------------
     def _split_owner(self, r) -> tuple[str, str]:
-        owner = self.single_owner or match_owner(r, self.config.owner_globs) or NO_OWNER
-        return r.split or NO_SPLIT, owner
+        return self._assign(r)[:2]
+
+    def _assign(self, r) -> tuple[str, str, ImageRejected | None]:
+        """``(split, owner, why it has none)``: the owner whose globs match the record. No owner, or
+        several under ``--owner-overlap error``, leaves it ownerless, rejected with the reason."""
+        split = r.split or NO_SPLIT
+        if self.single_owner:
+            return split, self.single_owner, None
+        found = owners_of(r, self.config.owner_globs)
+        if not found:
+            return split, NO_OWNER, ImageRejected("no_owner", "no owner's match globs cover this record")
+        if len(found) > 1 and self.config.owner_overlap == "error":
+            return split, NO_OWNER, ImageRejected(
+                "owner_conflict", f"matched by the globs of owners {' and '.join(found)}; make the owners' "
+                "\"match\" patterns disjoint, or pass --owner-overlap first to give it to the first listed")
+        return split, found[0], None
 
     def encrypt_chunk(self, chunk: list) -> ChunkResult:
         """Decode (lcrypt.images' rules), encrypt per owner in one vectorised call, encode, and write the
@@ -175,11 +190,13 @@ class EncryptChunkFn(beam.DoFn):
         rejected = []
         for t in chunk:
             r = tuple_record(t)
-            split, owner = self._split_owner(r)
+            split, owner, no_owner = self._assign(r)
             read[(split, owner)] += 1
             try:
-                if owner == NO_OWNER:
-                    raise ImageRejected("no_owner", "no owner's match globs cover this record")
+                if r.layout_error:
+                    decode_record(r)  # the record's own reason (layout, label, link...) comes first
+                if no_owner is not None:
+                    raise no_owner
                 if split != NO_SPLIT:
                     shards.check_split(split)
                 image = decode_record(r, size=c.size, expect=c.expect)

@@ -55,7 +55,7 @@ def pooled(tmp_path_factory):
               "bob": {"key": "bob.key", "match": ["*"]}}
     (root / "owners.json").write_text(json.dumps(owners))
     argv = ["--source", str(root / "src"), *SCHEME, "--keys", str(root / "owners.json"), "--shard-size", "5",
-            "--max-reject-rate", "0.2", "--name", "pooled", "--quiet"]
+            "--max-reject-rate", "0.2", "--name", "pooled", "--owner-overlap", "first", "--quiet"]
     assert run(argv + ["--out", str(root / "out")]) == 0
     return {"root": root, "truth": truth, "keys": keys, "argv": argv, "out": root / "out"}
 

@@ -106,6 +106,27 @@ def test_overwrite_replaces_a_larger_earlier_dataset_completely(small, tmp_path)
     assert not any(p.name.startswith(".") for p in out.rglob("*"))  # no marker, scratch or temp file
 
 
+# -- 3. overlapping owners ---------------------------------------------------------------------------
+def test_a_record_two_owners_match_is_rejected_naming_both_unless_first_is_chosen(small, tmp_path, capsys):
+    for name in ("bob", "carol"):
+        Key.generate(name).save(tmp_path / f"{name}.key")
+    owners = {"bob": {"key": "bob.key", "match": ["*/cat/*", "*/dog/*"]},
+              "carol": {"key": "carol.key", "match": ["*/cat/*", "*/bird/*"]}}  # cat: both
+    (tmp_path / "owners.json").write_text(json.dumps(owners))
+    argv = ["--source", str(small["root"] / "src"), *SCHEME, "--keys", str(tmp_path / "owners.json"), "--quiet",
+            "--max-reject-rate", "1"]
+    assert run(argv + ["--out", str(tmp_path / "strict")]) == 0
+    errors = [json.loads(l) for l in (tmp_path / "strict" / "errors.jsonl").read_text().splitlines()]
+    assert len(errors) == 6 and {e["reason"] for e in errors} == {"owner_conflict"}
+    assert all("/cat/" in e["source"] and "bob and carol" in e["detail"] for e in errors)
+    m = Manifest.load(tmp_path / "strict")
+    assert sum(s["read"] for s in m.stats) == 18 == sum(m.splits.values()) + len(errors)
+    assert run(argv + ["--out", str(tmp_path / "first"), "--owner-overlap", "first"]) == 0
+    m = Manifest.load(tmp_path / "first")
+    assert {o.name: sum(o.counts.values()) for o in m.owners} == {"bob": 12, "carol": 6}
+    assert (tmp_path / "first" / "errors.jsonl").read_text() == ""
+
+
 # -- 4. --out and --source apart --------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["inside", "equal", "holds the source"])
 def test_out_and_source_must_not_overlap(small, tmp_path, capsys, where):
