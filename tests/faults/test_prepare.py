@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from lcrypt import Key, shards
 from lcrypt.manifest import Manifest
