@@ -51,6 +51,18 @@ def encrypt_for(checkpoint: dict, images: np.ndarray, key) -> np.ndarray:
     return get_scheme(checkpoint["scheme"], **checkpoint["scheme_params"]).encrypt(images, key)
 
 
+def read_plain(path: str, size: tuple[int, int]) -> np.ndarray:
+    """One client image by lcrypt's rules, resized/cropped to ``size``; a PredictError naming it otherwise."""
+    from lcrypt.images import ImageRejected, decode_image
+
+    try:
+        return decode_image(Path(path).read_bytes(), size=size)
+    except ImageRejected as exc:
+        raise PredictError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise PredictError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
 @torch.no_grad()
 def classify(model, encrypted: np.ndarray, top: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """``(top-k probabilities, top-k class indices)`` for encrypted uint8 images."""
@@ -68,7 +80,6 @@ def run(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=3)
     ap.add_argument("images", nargs="+")
     args = ap.parse_args(argv)
-    from lcrypt.images import read_image
     from lcrypt.keys import Key
     from lcrypt.table import format_table
     from training.train import first_line, read_checkpoint
@@ -81,7 +92,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         ckpt = read_checkpoint(args.checkpoint)
         key = Key.load(args.key)
         h, w = ckpt["image_shape"][:2]
-        plain = np.stack([read_image(p, size=(h, w)) for p in args.images])
+        plain = np.stack([read_plain(p, (h, w)) for p in args.images])
         enc = encrypt_for(ckpt, plain, key)
         model = load_model(ckpt)
     except (ValueError, OSError, RuntimeError) as exc:
