@@ -319,8 +319,7 @@ def open_dataset(args: argparse.Namespace, world: int):
     try:
         manifest, base = load_manifest(args.data)
     except (ManifestError, OSError, ValueError) as exc:
-        raise TrainError(f"cannot read the dataset --data {args.data}: {exc}; give a folder written by "
-                         "`lcrypt prepare` or its manifest.json") from None
+        raise TrainError(f"cannot read the dataset --data {args.data}: {exc}") from None
     for split in [args.train_split] + ([args.test_split] if args.test_split != "none" else []):
         if split not in manifest.splits or not manifest.shards_for(split):
             raise TrainError(f"the dataset {args.data} has no split {split!r} (splits: "
