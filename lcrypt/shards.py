@@ -43,7 +43,7 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator, NamedTuple
+from typing import IO, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -175,21 +175,25 @@ def member_ext(name: str) -> str:
     return base.split(".", 1)[1].lower() if "." in base else ""
 
 
-def decode_image(name: str, data: bytes) -> np.ndarray:
-    """Decode an image member to (H, W, 3) uint8 by its extension; refuses anything not PNG/NPY/JPEG."""
+def decode_image(name: str, data: bytes, shape: Sequence[int] | None = None) -> np.ndarray:
+    """Decode an image member to (H, W, 3) uint8 by its extension; refuses anything not PNG/NPY/JPEG.
+
+    ``shape`` (the manifest's ``image_shape``, ``(H, W[, 3])``): the size in the image's header (PNG
+    IHDR, JPEG frame header, NPY header) must be that one, checked before any pixel is decoded, so a
+    huge image inside a dataset of small ones costs nothing but its header.
+    """
     ext = member_ext(name)
+    expect = _expected_hw(shape)
     try:
         if ext == "png":
-            return _decode_png(data)
+            return _decode_png(data, expect)
         if ext == "npy":
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-            if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-                raise ShardFormatError(f".npy holds {arr.dtype} {arr.shape}, expected (H, W, 3) uint8")
-            return arr
+            return _decode_npy(data, expect)
         if ext in ("jpg", "jpeg"):
             import simplejpeg
 
             h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+            _check_header_size("JPEG", h, w, expect)
             if h * w > MAX_DECODE_PIXELS:
                 raise ShardFormatError(f"JPEG of {w}x{h} exceeds {MAX_DECODE_PIXELS} pixels")
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
@@ -201,22 +205,48 @@ def decode_image(name: str, data: bytes) -> np.ndarray:
                            "are decoded; pickles and other types are refused)")
 
 
-def _decode_png(data: bytes) -> np.ndarray:
+def _expected_hw(shape: Sequence[int] | None) -> tuple[int, int] | None:
+    return None if shape is None else (int(shape[0]), int(shape[1]))
+
+
+def _check_header_size(kind: str, h: int, w: int, expect: tuple[int, int] | None) -> None:
+    """Refuse an image whose header size is not the dataset's, before decoding it."""
+    if expect is not None and (h, w) != expect:
+        raise ShardFormatError(f"{kind} header says {w}x{h} (W x H), but the dataset's images are "
+                               f"{expect[1]}x{expect[0]} (manifest image_shape); not decoded")
+
+
+def _decode_npy(data: bytes, expect: tuple[int, int] | None = None) -> np.ndarray:
+    """A ``.npy`` of a (H, W, 3) uint8 array: header checked first, never unpickled."""
+    f = io.BytesIO(data)
+    major, _ = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(f)
+    if dtype != np.uint8 or len(shape) != 3 or shape[2] != 3:
+        raise ShardFormatError(f".npy holds {dtype} {shape}, expected (H, W, 3) uint8")
+    _check_header_size("NPY", shape[0], shape[1], expect)
+    arr = np.load(io.BytesIO(data), allow_pickle=False)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ShardFormatError(f".npy holds {arr.dtype} {arr.shape}, expected (H, W, 3) uint8")
+    return arr
+
+
+def _decode_png(data: bytes, expect: tuple[int, int] | None = None) -> np.ndarray:
     """A PNG: lcrypt's own layout by zlib directly (:func:`_png_raw_rows`), anything else by Pillow."""
-    raw = _png_raw_rows(data)
+    raw = _png_raw_rows(data, expect)
     if raw is not None:
         h, w, rows = raw
         pixels = np.frombuffer(rows, dtype=np.uint8).reshape(h, 3 * w + 1)
         if not pixels[:, 0].any():
             return pixels[:, 1:].reshape(h, w, 3).copy()
-    return _decode_png_pillow(data)
+    return _decode_png_pillow(data, expect)
 
 
 _IEND_CHUNK = _png_chunk(b"IEND", b"")
 _PNG_IHDR_HEAD = _PNG_SIGNATURE + struct.pack(">I", 13) + b"IHDR"
 
 
-def _png_raw_rows(data: bytes) -> tuple[int, int, bytes] | None:
+def _png_raw_rows(data: bytes, expect: tuple[int, int] | None = None) -> tuple[int, int, bytes] | None:
     """``(H, W, rows)``: the inflated rows (filter byte + 3W bytes each) of a PNG in encode_png's layout.
 
     Why: Pillow's per-image overhead (plugin lookup, file object, decoder set-up) is most of the cost
@@ -225,10 +255,12 @@ def _png_raw_rows(data: bytes) -> tuple[int, int, bytes] | None:
     (ancillary chunks, several IDATs, palette...) so the caller falls back to Pillow; raises
     ShardFormatError for what is lcrypt's layout but damaged (CRC, zlib stream, size), so a broken
     image is never decoded silently. Rows with filters other than 0 are the caller's to check.
+    ``expect`` ``(H, W)``: any PNG whose IHDR says another size is refused before anything is inflated.
     """
     if len(data) < 57 or not data.startswith(_PNG_IHDR_HEAD):
         return None
     w, h, depth, color, compression, filtering, interlace = struct.unpack_from(">IIBBBBB", data, 16)
+    _check_header_size("PNG", h, w, expect)
     if (depth, color, compression, filtering, interlace) != (8, 2, 0, 0, 0):
         return None
     size, tag = struct.unpack_from(">I4s", data, 33)
@@ -254,11 +286,12 @@ def _png_raw_rows(data: bytes) -> tuple[int, int, bytes] | None:
     return h, w, raw
 
 
-def _decode_png_pillow(data: bytes) -> np.ndarray:
+def _decode_png_pillow(data: bytes, expect: tuple[int, int] | None = None) -> np.ndarray:
     """Any other PNG (filters, extra chunks...) by Pillow, PNG plugin only; RGB only."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
+    with Image.open(io.BytesIO(data), formats=["PNG"]) as im:  # reads the header only
+        _check_header_size("PNG", im.height, im.width, expect)
         if im.width * im.height > MAX_DECODE_PIXELS:
             raise ShardFormatError(f"PNG of {im.width}x{im.height} exceeds {MAX_DECODE_PIXELS} pixels")
         if im.mode != "RGB":
@@ -304,23 +337,42 @@ A plain tuple, not a dict per sample: at 32x32 the per-sample Python work, not t
 IMAGE_EXTS = frozenset(EXT_ENCODING)  # the image members a shard may hold: png, npy, jpg
 
 
-def decode_records(records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
+def decode_records(records: list[Record], shape: Sequence[int] | None = None, num_classes: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """``(images uint8 (B, H, W, 3), labels int64 (B,))`` of a batch of records, decoded safely.
 
     One call per batch so the decoders write straight into one preallocated batch array (JPEG via
     simplejpeg's ``buffer=``, lcrypt-layout PNG via one inflate per image and one vectorised copy);
     other members go through :func:`decode_image` one by one. Every image must have the batch's
     first image's shape; anything else is a ShardFormatError naming the shard and member.
+
+    The loaders pass the manifest's ``shape`` (``image_shape``; each image's header is checked against
+    it before the image is decoded) and ``num_classes`` (every label must lie in ``0..num_classes-1``):
+    a record outside either is refused naming its shard and sample key.
     """
     if not records:
         raise ValueError("decode_records needs at least one record")
+    labels = _record_labels(records)
+    if num_classes is not None:
+        _check_label_range(records, labels, int(num_classes))
+    expect = _expected_hw(shape)
     ext = records[0][2]
     fast = _BATCH_DECODERS.get(ext)
     if fast is not None and all(r[2] == ext for r in records):
-        images = fast(records)
+        images = fast(records, expect)
     else:
-        images = _stack_checked(records, [_decode_record(r) for r in records])
-    return images, _record_labels(records)
+        images = _stack_checked(records, [_decode_record(r, expect) for r in records])
+    return images, labels
+
+
+def _check_label_range(records: list[Record], labels: np.ndarray, num_classes: int) -> None:
+    """Every label in ``0..num_classes-1``, else a ShardFormatError naming the shard and sample key."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        key, _, _, _, url = records[bad[0]]
+        raise ShardFormatError(f"{url + ': ' if url else ''}sample {key}: class index {labels[bad[0]]} is "
+                               f"outside 0..{num_classes - 1} (the manifest has {num_classes} classes); the "
+                               "shard or the manifest was altered: run `lcrypt verify` on the dataset folder")
 
 
 def decode_labels(labels: list[bytes]) -> np.ndarray:
@@ -355,11 +407,11 @@ def _member_error(record: Record, what: object) -> ShardFormatError:
     return ShardFormatError(f"{url + ': ' if url else ''}{key}.{ext}: {what}")
 
 
-def _decode_record(record: Record) -> np.ndarray:
+def _decode_record(record: Record, expect: tuple[int, int] | None = None) -> np.ndarray:
     """One record's image by :func:`decode_image` (whose errors name the member), plus the shard."""
     key, _, ext, data, url = record
     try:
-        return decode_image(f"{key}.{ext}", data)
+        return decode_image(f"{key}.{ext}", data, expect)
     except ShardFormatError as exc:
         if not url:
             raise
@@ -375,16 +427,17 @@ def _stack_checked(records: list[Record], images: list[np.ndarray]) -> np.ndarra
     return np.stack(images)
 
 
-def _decode_jpeg_batch(records: list[Record]) -> np.ndarray:
+def _decode_jpeg_batch(records: list[Record], expect: tuple[int, int] | None = None) -> np.ndarray:
     """JPEGs decoded by simplejpeg straight into one ``(B, H, W, 3)`` array.
 
     The first image goes through :func:`decode_image` (header read, pixel limit); the others decode
     into their slot of the batch, whose fixed size also bounds what a hostile header can make
     libjpeg-turbo write (a larger image fails: "buffer is too small"; a smaller one is refused below).
+    With ``expect``, the first image's header must give that size, so the buffer is the dataset's size.
     """
     import simplejpeg
 
-    first = _decode_record(records[0])
+    first = _decode_record(records[0], expect)
     out = np.empty((len(records), *first.shape), dtype=np.uint8)
     out[0] = first
     decode = simplejpeg.decode_jpeg
@@ -392,6 +445,7 @@ def _decode_jpeg_batch(records: list[Record]) -> np.ndarray:
         try:
             got = decode(records[i][3], "RGB", buffer=out[i])
         except Exception as exc:  # libjpeg-turbo's ValueError for damaged data or a larger image
+            _refuse_jpeg_of_other_size(records[i], expect)  # "wrong size" rather than libjpeg's words
             raise _member_error(records[i], f"cannot decode .jpg image: {exc}") from exc
         if got.shape != first.shape:
             raise _member_error(records[i], f"image is {got.shape}, but this batch's images are {first.shape}")
@@ -400,7 +454,23 @@ def _decode_jpeg_batch(records: list[Record]) -> np.ndarray:
     return out
 
 
-def _decode_png_batch(records: list[Record]) -> np.ndarray:
+def _refuse_jpeg_of_other_size(record: Record, expect: tuple[int, int] | None) -> None:
+    """A ShardFormatError naming ``record`` when its JPEG header gives a size other than ``expect``."""
+    import simplejpeg
+
+    if expect is None:
+        return
+    try:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(record[3])
+    except Exception:  # no readable header: the caller reports the decoder's error
+        return
+    try:
+        _check_header_size("JPEG", h, w, expect)
+    except ShardFormatError as exc:
+        raise _member_error(record, exc) from None
+
+
+def _decode_png_batch(records: list[Record], expect: tuple[int, int] | None = None) -> np.ndarray:
     """PNGs of lcrypt's layout inflated one by one, then copied into one batch array in one numpy op.
 
     Images in another layout, or whose rows use PNG filters, go through Pillow (:func:`decode_image`).
@@ -408,12 +478,12 @@ def _decode_png_batch(records: list[Record]) -> np.ndarray:
     raws: list[tuple[int, int, bytes] | None] = []
     for record in records:
         try:
-            raws.append(_png_raw_rows(record[3]))
+            raws.append(_png_raw_rows(record[3], expect))
         except ShardFormatError as exc:
             raise _member_error(record, exc) from exc
     fast = [i for i, raw in enumerate(raws) if raw is not None]
     if not fast:  # no PNG of lcrypt's layout at all
-        return _stack_checked(records, [_decode_record(r) for r in records])
+        return _stack_checked(records, [_decode_record(r, expect) for r in records])
     h, w, _ = raws[fast[0]]
     for i in fast:
         if raws[i][:2] != (h, w):
@@ -425,7 +495,7 @@ def _decode_png_batch(records: list[Record]) -> np.ndarray:
     filtered = {fast[j] for j in np.flatnonzero(rows[:, :, 0].any(axis=1))}
     for i, raw in enumerate(raws):
         if raw is None or i in filtered:  # a valid PNG lcrypt did not write: Pillow decodes it
-            image = _decode_record(records[i])
+            image = _decode_record(records[i], expect)
             if image.shape != out.shape[1:]:
                 raise _member_error(records[i], f"image is {image.shape}, but this batch's images are "
                                                 f"{out.shape[1:]}")

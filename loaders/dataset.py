@@ -4,8 +4,9 @@ The format comes from :mod:`lcrypt.shards` and :mod:`lcrypt.manifest`; this modu
 samples each rank and worker reads (:mod:`loaders.plan`), in which order, and batches them. Stages, in
 the webdataset manner, each a small generator::
 
-    pieces of shards (plan) -> read_piece (records via lcrypt.shards.iter_records, members checked)
-        -> shuffle_buffer (seeded per epoch, rank and worker) -> skip (resume) -> batch -> decode
+    pieces of shards (plan) -> read_shard (records via lcrypt.shards.iter_records, members checked,
+        shard checked against its manifest entry) -> shuffle_buffer (seeded per epoch, rank and worker)
+        -> skip (resume) -> batch -> decode (image size and label range checked against the manifest)
 
 A sample travels as a :data:`lcrypt.shards.Record` tuple ``(key, label bytes, ext, image bytes, url)``
 and is decoded only once its batch is complete, by :func:`lcrypt.shards.decode_records`, straight into
@@ -16,7 +17,14 @@ Safety: members are decoded only by lcrypt.shards' decoders (PNG, NPY without pi
 simplejpeg); a sample holding any other member (``.pyd``, ``.pickle``, ``.pth``...) is refused
 with :class:`~lcrypt.shards.ShardFormatError` naming the shard and member. Shard paths come from the
 manifest and must match lcrypt's shard-name rule (relative, no scheme), so no ``pipe:`` URL or absolute
-path from a manifest is ever opened. Batches are uint8 ``(B, H, W, 3)`` tensors: normalisation and
+path from a manifest is ever opened.
+
+Every shard read is checked against its manifest entry, whatever part of it is used: its byte size,
+its sample count (and its sha256 with ``verify_sha256``); a missing, short or altered shard, a tar
+error, an image whose header gives another size than the manifest's ``image_shape`` (refused before it
+is decoded) or a label outside the manifest's classes is a ShardFormatError naming the shard (and the
+sample), never a silently shorter epoch. :func:`check_shards` does the cheap part (present, right size)
+for whole splits before training starts. Batches are uint8 ``(B, H, W, 3)`` tensors: normalisation and
 augmentation run where the model runs (:mod:`loaders.augment`), which keeps the workers' output small.
 """
 
@@ -31,7 +39,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from lcrypt import shards, storage
-from lcrypt.manifest import Manifest, dataset_folder
+from lcrypt.manifest import Manifest, ShardEntry, dataset_folder
 from loaders import plan as planning
 
 DEFAULT_BUFFER = 2000
@@ -82,21 +90,81 @@ def check_sample(sample: Mapping[str, Any], url: str) -> None:
             "dataset with `lcrypt prepare`")
 
 
-def read_piece(data: bytes, url: str, piece: planning.Piece, expected_count: int | None = None
-               ) -> Iterator[shards.Record]:
-    """Records ``start..stop`` of one shard's bytes (every sample up to ``stop`` checked, nothing decoded)."""
-    i = 0
-    for record in shards.iter_records(data, url):
-        if piece.start <= i < piece.stop:
-            yield record
-        i += 1
-        if i >= piece.stop and expected_count is None:
-            return
-    if expected_count is not None and i != expected_count:
-        raise shards.ShardFormatError(f"{url}: holds {i} samples but the manifest says {expected_count}; "
-                                      "the dataset folder is damaged (run `lcrypt verify`)")
-    if i < piece.stop:
-        raise shards.ShardFormatError(f"{url}: holds {i} samples, fewer than planned ({piece.stop})")
+def _damaged(url: str, entry: ShardEntry, what: str) -> shards.ShardFormatError:
+    """A ShardFormatError naming the shard, with what to do next."""
+    folder = url[:-len(entry.path)].rstrip("/\\") or "."
+    return shards.ShardFormatError(f"{url}: {what}; the dataset folder is damaged or was changed after "
+                                   f"`lcrypt prepare` (run `lcrypt verify {folder}`)")
+
+
+def shard_size(url: str) -> int | None:
+    """Bytes of the shard file at ``url`` (local or fsspec), or None when there is none."""
+    try:
+        if storage.is_url(url):
+            fs, path = storage._fs(url)
+            return int(fs.size(path))
+        return os.stat(storage.local(url)).st_size
+    except FileNotFoundError:
+        return None
+
+
+def check_shards(manifest: Manifest, base: str, splits: Sequence[str]) -> list[str]:
+    """Problems with the shards of ``splits``: missing, or not the manifest's byte size (no reading).
+
+    Cheap (one stat per shard), so training runs it on every rank before the first step: a damaged
+    dataset then stops the run at once, on all ranks, instead of one rank in the middle of an epoch.
+    """
+    problems = []
+    for split in splits:
+        for entry in manifest.shards_for(split):
+            url = resolve_shard(base, entry.path)
+            size = shard_size(url)
+            if size is None:
+                problems.append(str(_damaged(url, entry, "the shard is missing")))
+            elif size != entry.bytes:
+                problems.append(str(_damaged(url, entry, f"the shard is {size} bytes, the manifest says "
+                                                         f"{entry.bytes}")))
+    return problems
+
+
+def read_shard(url: str, entry: ShardEntry, verify_sha256: bool = False) -> list[shards.Record]:
+    """All records of one shard (members checked, nothing decoded), checked against its manifest entry.
+
+    Why the whole shard even when a plan uses a piece of it: the shard is read whole anyway, and only
+    counting all its samples tells a short or padded shard from a good one.
+    """
+    try:
+        data = storage.read_bytes(url)
+    except FileNotFoundError:
+        raise _damaged(url, entry, "the shard is missing") from None
+    except OSError as exc:
+        raise shards.ShardFormatError(f"{url}: cannot read the shard: {exc}") from None
+    if len(data) != entry.bytes:
+        raise _damaged(url, entry, f"the shard is {len(data)} bytes, the manifest says {entry.bytes}")
+    if verify_sha256:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.sha256:
+            raise _damaged(url, entry, f"sha256 {digest} does not match the manifest's {entry.sha256}")
+    try:
+        records = list(shards.iter_records(data, url))
+    except shards.ShardFormatError as exc:  # tar-level errors do not know the shard: name it
+        if str(exc).startswith(url):
+            raise
+        raise shards.ShardFormatError(f"{url}: {exc}") from None
+    if len(records) != entry.count:
+        raise _damaged(url, entry, f"the shard holds {len(records)} samples, the manifest says {entry.count}")
+    return records
+
+
+def loader_error_message(exc: BaseException) -> str:
+    """The one-line message of an error raised in a DataLoader worker (torch re-raises it with the
+    worker's traceback in its text: "Caught X in DataLoader worker process N. Original Traceback...")."""
+    text = str(exc)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        name, sep, message = last.partition(": ")
+        return message if sep and " " not in name else last
+    return text
 
 
 def shuffle_buffer(samples: Iterator[Any], size: int, rng: np.random.Generator | None,
@@ -141,11 +209,13 @@ def _slot_draws(rng: np.random.Generator, size: int, count: int | None, block: i
         yield int(rng.integers(size))
 
 
-def decode_batch(records: list[shards.Record]) -> dict[str, Any]:
-    """Decode a batch's records with lcrypt.shards (safe decoders only) into uint8 images and labels."""
+def decode_batch(records: list[shards.Record], shape: Sequence[int] | None = None,
+                 num_classes: int | None = None) -> dict[str, Any]:
+    """Decode a batch's records with lcrypt.shards (safe decoders only) into uint8 images and labels;
+    ``shape`` and ``num_classes`` are the manifest's (image size and label range checked)."""
     import torch
 
-    images, labels = shards.decode_records(records)
+    images, labels = shards.decode_records(records, shape, num_classes)
     return {"image": torch.from_numpy(images), "label": torch.from_numpy(labels),
             "key": [r[0] for r in records]}
 
@@ -174,6 +244,8 @@ class ShardDataset:
             raise ValueError(f"split {split!r} has no shards in {self.base}")
         self.urls = [resolve_shard(self.base, e.path) for e in self.entries]
         self.counts = [e.count for e in self.entries]
+        self.image_shape = tuple(self.manifest.image_shape)
+        self.num_classes = self.manifest.num_classes or None
         self.epoch, self.start_step = 0, 0
 
     # -- planning -------------------------------------------------------------------------------
@@ -199,25 +271,16 @@ class ShardDataset:
                 "num_workers": self.num_workers, "world": self.world}
 
     # -- reading --------------------------------------------------------------------------------
-    def _shard_bytes(self, index: int) -> bytes:
-        data = storage.read_bytes(self.urls[index])
-        if self.verify_sha256:
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != self.entries[index].sha256:
-                raise shards.ShardFormatError(
-                    f"{self.urls[index]}: sha256 {digest} does not match the manifest's "
-                    f"{self.entries[index].sha256}; the shard was altered or damaged (run `lcrypt verify`)")
-        return data
-
     def worker_samples(self, plan: planning.EpochPlan, worker: int) -> Iterator[shards.Record]:
         """Records of one worker's pieces, in order, buffer-shuffled when training."""
         wp = plan.workers[worker]
 
         def raw():
-            for piece in wp.pieces:
-                full = piece.start == 0 and piece.stop == self.counts[piece.shard]
-                yield from read_piece(self._shard_bytes(piece.shard), self.urls[piece.shard], piece,
-                                      self.counts[piece.shard] if full else None)
+            # consecutive pieces of one shard (a shard the drop window cut in two) share one read
+            for shard, pieces in itertools.groupby(wp.pieces, key=lambda p: p.shard):
+                records = read_shard(self.urls[shard], self.entries[shard], self.verify_sha256)
+                for piece in pieces:
+                    yield from records[piece.start:piece.stop]
 
         rng = (np.random.default_rng([self.seed, plan.epoch, plan.rank, worker, 0xB0FF])
                if self.shuffle else None)
@@ -235,7 +298,7 @@ class ShardDataset:
         collections.deque(itertools.islice(stream, min(skip * self.batch_size, wp.num_samples)), maxlen=0)
         done = 0
         while batch := list(itertools.islice(stream, self.batch_size)):
-            yield decode_batch(batch)
+            yield decode_batch(batch, self.image_shape, self.num_classes)
             done += 1
         if done + skip != wp.num_batches and skip <= wp.num_batches:
             raise RuntimeError(f"worker {worker} yielded {done + skip} batches, planned {wp.num_batches}")

@@ -6,6 +6,11 @@ uint8 (Imagenette at 224 about 1.4 GB). The airbench recipe: the whole dataset l
 epoch is an index permutation. Every rank holds all images and draws the same permutation, seeded by
 (seed, epoch), then takes its own equal slice, so ranks stay disjoint and in step (same batch count)
 exactly as in :mod:`loaders.plan`; resuming skips whole steps of the same permutation.
+
+What is left out to keep batches equal is :mod:`loaders.plan`'s cyclic window (manifest order), not the
+permutation's tail: a fresh permutation's tail is a random set each epoch, so a sample could still sit
+out several epochs running (probability ``(D/N)^k`` for k epochs); the window gives the plan's
+guarantee, every sample trained on at least once in any two consecutive epochs.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from lcrypt import shards, storage
-from loaders.dataset import check_key_ids, load_manifest, resolve_shard
+from lcrypt import shards
+from loaders import plan as planning
+from loaders.dataset import check_key_ids, load_manifest, read_shard, resolve_shard
 
 
 def read_split(manifest: str | os.PathLike, split: str, owner: str | None = None, threads: int = 8,
@@ -30,12 +36,10 @@ def read_split(manifest: str | os.PathLike, split: str, owner: str | None = None
 
     def one(entry) -> tuple[np.ndarray, np.ndarray, list[str]]:
         url = resolve_shard(base, entry.path)
-        records = list(shards.iter_records(storage.read_bytes(url), url))  # members checked, as the streaming loader
-        if len(records) != entry.count:
-            raise shards.ShardFormatError(f"{url}: holds {len(records)} samples, manifest says {entry.count}")
+        records = read_shard(url, entry)  # checked as the streaming loader checks it
         if not records:
             raise shards.ShardFormatError(f"{url}: holds no samples")
-        images, labels = shards.decode_records(records)
+        images, labels = shards.decode_records(records, m.image_shape, m.num_classes or None)
         return images, labels, [r[0] for r in records]
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
@@ -68,20 +72,22 @@ class GPUResident:
         return int(self.labels.shape[0])
 
     def indices(self, epoch: int | None = None) -> torch.Tensor:
-        """This rank's sample indices for an epoch: one seeded permutation, sliced by rank."""
-        from loaders.plan import rank_range
-
+        """This rank's sample indices for an epoch: the plan's drop window left out, the rest in one
+        seeded permutation, sliced by rank."""
+        epoch = self.epoch if epoch is None else epoch
         n = self.num_samples
-        if self.shuffle:
-            g = torch.Generator().manual_seed(int(np.random.SeedSequence(
-                [self.seed, self.epoch if epoch is None else epoch, 0x6A7]).generate_state(1)[0]))
-            perm = torch.randperm(n, generator=g)
+        if self.cover_all:
+            kept, (lo, hi) = torch.arange(n), planning.rank_range(n, self.rank, self.world, cover_all=True)
         else:
-            perm = torch.arange(n)
-        lo, hi = rank_range(n, self.rank, self.world, self.cover_all)
-        if self.drop_last and not self.cover_all:
-            hi -= (hi - lo) % self.batch_size
-        return perm[lo:hi].to(self.images.device)
+            planning.rank_range(n, self.rank, self.world)  # checks the rank
+            per = planning.kept_per_rank(n, self.world, self.batch_size, self.drop_last)
+            window = planning.drop_window(n, n - self.world * per, self.seed, epoch, self.shuffle)
+            kept = torch.from_numpy(np.flatnonzero(~planning.window_mask(n, window)))
+            lo, hi = self.rank * per, (self.rank + 1) * per
+        if self.shuffle:
+            seed = np.random.SeedSequence([self.seed, epoch, 0x6A7]).generate_state(1)[0]
+            kept = kept[torch.randperm(len(kept), generator=torch.Generator().manual_seed(int(seed)))]
+        return kept[lo:hi].to(self.images.device)
 
     def __len__(self) -> int:
         return -(-len(self.indices()) // self.batch_size)

@@ -5,17 +5,30 @@ shards the ranks then see different numbers of batches, and DDP hangs in the all
 that has one batch more (webdataset's ``resampled`` workaround draws shards with replacement and
 leaves some unseen). Following mosaicml-streaming, we plan at sample granularity instead:
 
-1. the epoch's shard order is a permutation seeded by ``(seed, epoch)`` (identity when not shuffling);
-2. the concatenation of the shards in that order is one global sample sequence of N samples;
-3. rank r takes the contiguous range ``[r*S, (r+1)*S)`` of it with ``S = N // world`` (training: at most
-   ``world - 1`` samples left out, a different few each epoch), or a near-equal split that covers all N
-   (evaluation, ``cover_all=True``); a range may start or end inside a shard;
+1. training keeps ``K`` samples per rank, ``K = N // world`` rounded down to whole batches (or not, with
+   ``drop_last=False``); the ``D = N - world * K`` others sit out this epoch. Which ones is decided
+   once per epoch, in a fixed coordinate (the N samples of the shards concatenated in manifest order):
+   one cyclic window ``[a_e, a_e + D)`` (mod N) with ``a_e = a_0 + e * D``, ``a_0`` drawn from the seed
+   (0 when not shuffling). The windows of consecutive epochs follow each other round the dataset;
+2. the epoch's shard order is a permutation seeded by ``(seed, epoch)`` (identity when not shuffling);
+   the kept samples of each shard (up to two pieces when the window cuts it) are laid out in that order
+   into one sequence of ``world * K`` samples;
+3. rank r takes the contiguous range ``[r*K, (r+1)*K)`` of it (training), or a near-equal split of all N
+   samples (evaluation, ``cover_all=True``: nothing is dropped); a range may start or end inside a shard;
 4. the rank's range is cut into ``B`` batches (equal for every rank: that is what keeps DDP in step), and
    the batches are dealt to the DataLoader workers in contiguous blocks; torch's DataLoader takes
    batches from workers round robin, so output step ``k`` is worker ``k % W``'s next batch.
 
-Everything here is a pure function of integers, so a resumed run recomputes the same plan and skips the
-steps it already took (:func:`consumed_batches`).
+Guarantee: every sample is trained on at least once in any two consecutive epochs. Whenever a rank has
+at least one batch, ``D < world * batch <= world * K``, so ``D < N / 2`` and two consecutive windows
+never overlap; over ``ceil(N / D)`` epochs the windows cover the dataset once, so no sample sits out
+two epochs in a row and none is skipped more often than ``ceil(D * E / N)`` times in E epochs. Dropping
+the tail of each rank's range instead (as webdataset and a plain ``N // world`` split do) drops the
+same samples every epoch when there are few shards, since a shard's samples are always read in file
+order.
+
+Everything here is a pure function of integers (counts, seed, epoch, rank, world, workers, batch), so a
+resumed run recomputes the same plan and skips the steps it already took (:func:`consumed_batches`).
 """
 
 from __future__ import annotations
@@ -53,7 +66,8 @@ class EpochPlan:
     world: int
     batch_size: int
     shard_order: tuple[int, ...]
-    rank_start: int  # position of the rank's range in the epoch's global sequence
+    dropped: tuple[int, int]  # (start, length) of the cyclic window of samples left out (manifest order)
+    rank_start: int  # position of the rank's range in the epoch's sequence of kept samples
     num_samples: int  # samples this rank yields this epoch
     num_batches: int  # equal on every rank when cover_all is False
     workers: tuple[WorkerPlan, ...]
@@ -78,15 +92,53 @@ def rank_range(total: int, rank: int, world: int, cover_all: bool = False) -> tu
     return rank * per, (rank + 1) * per
 
 
-def pieces_of_range(counts: Sequence[int], order: Sequence[int], start: int, stop: int) -> list[Piece]:
-    """The shard pieces that make up ``[start, stop)`` of the concatenation of ``counts`` in ``order``."""
+def kept_per_rank(total: int, world: int, batch_size: int, drop_last: bool = True) -> int:
+    """Samples each rank trains on per epoch: ``total // world``, in whole batches when ``drop_last``."""
+    per = total // world
+    return per - per % batch_size if drop_last else per
+
+
+def drop_window(total: int, dropped: int, seed: int, epoch: int, shuffle: bool = True) -> tuple[int, int]:
+    """``(start, length)`` of the epoch's cyclic window of left-out samples (see the module docstring)."""
+    if dropped <= 0 or total <= 0:
+        return 0, 0
+    base = int(np.random.default_rng([int(seed), 0xD809]).integers(total)) if shuffle else 0
+    return (base + int(epoch) * dropped) % total, min(dropped, total)
+
+
+def window_mask(total: int, window: tuple[int, int]) -> np.ndarray:
+    """Boolean ``(total,)``: True for the samples (manifest order) inside the cyclic ``window``."""
+    start, length = window
+    return (np.arange(total) - start) % max(1, total) < length
+
+
+def kept_pieces(counts: Sequence[int], window: tuple[int, int]) -> list[list[Piece]]:
+    """Per shard, its samples outside the cyclic ``window`` as pieces in file order (up to two each)."""
+    total = sum(counts)
+    start, length = window
+    cuts = [(start, min(start + length, total)), (0, max(0, start + length - total))]
+    out, offset = [], 0
+    for s, n in enumerate(counts):
+        spans = [(0, n)]
+        for lo, hi in cuts:
+            lo, hi = max(lo - offset, 0), min(hi - offset, n)
+            if lo < hi:
+                parts = [part for a, b in spans for part in ((a, min(b, lo)), (max(a, hi), b))]
+                spans = [(a, b) for a, b in parts if a < b]
+        out.append([Piece(s, a, b) for a, b in spans])
+        offset += n
+    return out
+
+
+def pieces_of_range(sequence: Sequence[Piece], start: int, stop: int) -> list[Piece]:
+    """The pieces that make up ``[start, stop)`` of the concatenation of ``sequence``."""
     out: list[Piece] = []
     pos = 0
-    for s in order:
-        n = int(counts[s])
+    for p in sequence:
+        n = len(p)
         lo, hi = max(start, pos), min(stop, pos + n)
         if lo < hi:
-            out.append(Piece(int(s), lo - pos, hi - pos))
+            out.append(Piece(p.shard, p.start + lo - pos, p.start + hi - pos))
         pos += n
         if pos >= stop:
             break
@@ -113,19 +165,25 @@ def plan_epoch(counts: Sequence[int], batch_size: int, rank: int = 0, world: int
     counts = [int(c) for c in counts]
     total = sum(counts)
     order = shard_order(len(counts), seed, epoch, shuffle)
-    start, stop = rank_range(total, rank, world, cover_all)
+    if cover_all:
+        window = (0, 0)
+        start, stop = rank_range(total, rank, world, cover_all=True)
+    else:
+        per = kept_per_rank(total, world, batch_size, drop_last)
+        window = drop_window(total, total - world * per, seed, epoch, shuffle)
+        rank_range(total, rank, world)  # checks the rank
+        start, stop = rank * per, (rank + 1) * per
+    kept = kept_pieces(counts, window)
+    sequence = [p for s in order for p in kept[s]]
     n = stop - start
-    if drop_last and not cover_all:
-        n -= n % batch_size
-        stop = start + n
     num_batches = -(-n // batch_size)
     workers = []
     for first, last in split_batches(num_batches, num_workers):
         lo, hi = start + first * batch_size, min(start + last * batch_size, stop)
-        pcs = pieces_of_range(counts, order, lo, hi) if hi > lo else []
+        pcs = pieces_of_range(sequence, lo, hi) if hi > lo else []
         workers.append(WorkerPlan(tuple(pcs), max(0, hi - lo), last - first, first))
-    return EpochPlan(epoch, rank, world, batch_size, tuple(int(s) for s in order), start, n, num_batches,
-                     tuple(workers))
+    return EpochPlan(epoch, rank, world, batch_size, tuple(int(s) for s in order), window, start, n,
+                     num_batches, tuple(workers))
 
 
 def worker_of_step(step: int, num_workers: int) -> int:

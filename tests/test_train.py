@@ -23,7 +23,8 @@ TINY = [*MODEL, "--batch-size", "5", "--workers", "1"]
 TIMEOUT = 120  # a hang (ranks out of step) fails here instead of blocking CI
 
 
-def torchrun(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def torchrun(data: Path, out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run training under torchrun with 2 CPU ranks; a hang fails the test. ``check``: must exit 0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "training.train", "--data", str(data / "manifest.json"), "--out", str(out), *TINY, *extra]
@@ -35,7 +36,8 @@ def torchrun(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
             out, err = p.communicate(timeout=60)
             pytest.fail(f"torchrun hung for {TIMEOUT} s: {' '.join(cmd)}\n{err[-4000:]}")
     proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
 

@@ -69,6 +69,29 @@ def resnet18(num_classes: int, image_size: int, block_size: int | None = None, *
     return model
 
 
+ARCHITECTURE_FIELDS = ("width", "depth", "patch", "kernel")
+
+
+def architecture(name: str, adapt: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """What decides the shapes of ``name``'s parameters: name, adaptation network and those of
+    width/depth/patch/kernel the model takes, each as given or else the builder's default.
+
+    ``--resume`` compares this between a checkpoint and the run (how the depthwise convolutions are
+    computed is left out: it does not change the weights).
+    """
+    import inspect
+
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    params = inspect.signature(_MODELS[name]).parameters
+    out: dict[str, Any] = {"name": name, "adapt": adapt or "none"}
+    for field in ARCHITECTURE_FIELDS:
+        if field in params:
+            given = kwargs.get(field)
+            out[field] = given if given is not None else params[field].default
+    return out
+
+
 def create_model(name: str, num_classes: int, image_size: int, block_size: int | None = None,
                  adapt: str | None = None, **kwargs: Any) -> nn.Module:
     """Build ``name`` for ``num_classes`` and square ``image_size``, with an optional adaptation network."""

@@ -26,13 +26,18 @@ class PredictError(ValueError):
 def load_model(checkpoint: dict):
     """Rebuild the trained model (EMA weights when present) from a weights-only checkpoint."""
     from training.models import create_model
+    from training.train import first_line
 
     cfg = dict(checkpoint["model_config"])
     name, adapt = cfg.pop("name"), cfg.pop("adapt", "none")
     info = checkpoint.get("scheme_info") or {}
     model = create_model(name, len(checkpoint["class_names"]), checkpoint["image_shape"][0],
                          info.get("block_size"), adapt=adapt, **cfg)
-    model.load_state_dict(checkpoint["ema"] if checkpoint.get("ema") is not None else checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["ema"] if checkpoint.get("ema") is not None else checkpoint["model"])
+    except RuntimeError as exc:  # torch lists every mismatched tensor over many lines
+        raise PredictError(f"the checkpoint's weights do not fit its own model_config ({name}): "
+                           f"{first_line(exc)}") from None
     return model.eval()
 
 
@@ -44,6 +49,18 @@ def encrypt_for(checkpoint: dict, images: np.ndarray, key) -> np.ndarray:
         raise PredictError(f"key {key.key_id} is not one this model was trained with ({checkpoint['key_ids']}); "
                            "use the data owner's key file that encrypted the training set")
     return get_scheme(checkpoint["scheme"], **checkpoint["scheme_params"]).encrypt(images, key)
+
+
+def read_plain(path: str, size: tuple[int, int]) -> np.ndarray:
+    """One client image by lcrypt's rules, resized/cropped to ``size``; a PredictError naming it otherwise."""
+    from lcrypt.images import ImageRejected, decode_image
+
+    try:
+        return decode_image(Path(path).read_bytes(), size=size)
+    except ImageRejected as exc:
+        raise PredictError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise PredictError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 @torch.no_grad()
@@ -63,21 +80,25 @@ def run(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=3)
     ap.add_argument("images", nargs="+")
     args = ap.parse_args(argv)
-    from lcrypt.images import read_image
     from lcrypt.keys import Key
     from lcrypt.table import format_table
-    from training.train import load_checkpoint
+    from training.train import first_line, read_checkpoint
 
-    ckpt = load_checkpoint(args.checkpoint)
-    key = Key.load(args.key)
-    h, w = ckpt["image_shape"][:2]
-    try:
-        plain = np.stack([read_image(p, size=(h, w)) for p in args.images])
-        enc = encrypt_for(ckpt, plain, key)
-    except (ValueError, OSError) as exc:
-        print(f"training.predict: error: {exc}", file=sys.stderr)
+    if args.top < 1:
+        print(f"training.predict: error: --top {args.top} is out of range: it must be at least 1",
+              file=sys.stderr)
         return 2
-    probs, idx = classify(load_model(ckpt), enc, args.top)
+    try:  # every refusal is one line: checkpoint, key, images, then the model itself
+        ckpt = read_checkpoint(args.checkpoint)
+        key = Key.load(args.key)
+        h, w = ckpt["image_shape"][:2]
+        plain = np.stack([read_plain(p, (h, w)) for p in args.images])
+        enc = encrypt_for(ckpt, plain, key)
+        model = load_model(ckpt)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"training.predict: error: {first_line(exc)}", file=sys.stderr)
+        return 2
+    probs, idx = classify(model, enc, args.top)
     names = ckpt["class_names"]
     rows = [[Path(p).name, *[f"{names[i]} {pr:.2f}" for pr, i in zip(pp, ii)]]
             for p, pp, ii in zip(args.images, probs, idx)]

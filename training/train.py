@@ -13,6 +13,17 @@ Determinism: the data order is a function of (seed, epoch) (:mod:`loaders.plan`)
 from generators seeded by (seed, global step, rank), so ``--resume`` continues exactly where a run
 stopped. Outputs in ``--out``: ``checkpoint.pt``, ``metrics.jsonl`` (one JSON object per epoch, plus
 ``"event": "step"`` lines every ``--log-every`` steps), ``summary.json`` (top-1, images/s, wall, device).
+
+Refusals are one line on stderr (``training.train: error: ...``) and exit status 2, and whatever can be
+checked is checked before ``--out`` is touched: numbers and model name, the dataset (manifest, splits,
+enough samples for a batch, every shard present with its manifest byte size), the model configuration
+and a ``--resume`` checkpoint (same key ids, scheme and parameters, image shape, classes and model
+architecture as this run). While a run uses ``--out`` it holds a lock there (``.lcrypt-train.lock``:
+pid, host, start time), so a second run into the same folder is refused, naming the first. Under
+torchrun every rank runs the checks and the ranks agree on the outcome, so all stop together, with
+rank 0 printing the error; a shard found damaged while reading (short, altered, bad tar, an image of
+another size, a label outside the classes) stops its rank with a one-line error naming the shard, and
+torchrun then stops the others.
 """
 
 from __future__ import annotations
@@ -23,7 +34,9 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +48,7 @@ from torch import nn
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
+LOCK = ".lcrypt-train.lock"
 
 
 # -- arguments ----------------------------------------------------------------------------------------
@@ -140,6 +154,39 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (torch's load and state-dict errors run over many lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not one training.train wrote (one-line message)."""
+
+
+MODEL_FIELDS = ("model", "model_config", "key_ids", "scheme", "scheme_params", "image_shape", "class_names")
+RESUME_FIELDS = (*MODEL_FIELDS, "optimizer", "scheduler", "loader", "global_step")
+
+
+def read_checkpoint(path: str | os.PathLike, fields: Sequence[str] = MODEL_FIELDS) -> dict[str, Any]:
+    """:func:`load_checkpoint`, refusing in one line a missing file or one without ``fields``."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file (give a checkpoint.pt written by "
+                              "training.train)")
+    try:
+        ckpt = load_checkpoint(path)
+    except Exception as exc:  # torch.load's errors (zip, pickle, weights_only) span many types and lines
+        why = first_line(exc)
+        if why.startswith("Weights only load failed"):  # torch goes on to suggest weights_only=False: never
+            why = ("not a file of tensors and plain types as torch.save writes them (pickled objects are "
+                   "never loaded)")
+        raise CheckpointError(f"{path} cannot be loaded as a training checkpoint: {why}") from None
+    missing = [k for k in fields if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a training.train checkpoint (no {', '.join(missing)})")
+    return ckpt
+
+
 def sync_buffers(*models: nn.Module) -> None:
     """Give every rank rank 0's buffers (BatchNorm statistics), as DDP does before each forward.
 
@@ -207,32 +254,330 @@ def evaluate(model: nn.Module, loader, ds, device: torch.device, amp: bool, chan
     return {"top1": 100.0 * c / max(1, total), "loss": l / max(1, total), "count": int(total)}
 
 
+# -- checks before any output -------------------------------------------------------------------------
+class TrainError(Exception):
+    """A refusal printed as one line (``training.train: error: ...``), exit status 2.
+
+    ``all_ranks``: every rank reaches it alike (arguments, dataset, checkpoint, the ``--out`` lock, checks
+    the ranks agreed on), so only rank 0 prints it; otherwise only the rank that hit it knows it.
+    """
+
+    def __init__(self, message: str, all_ranks: bool = True):
+        super().__init__(message)
+        self.all_ranks, self.reported = all_ranks, False
+
+    def report(self, rank: int) -> None:
+        """Print the one line (once, and on rank 0 only when every rank has the same error)."""
+        if not self.reported and (rank == 0 or not self.all_ranks):
+            print(f"training.train: error: {self}", file=sys.stderr, flush=True)
+        self.reported = True
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Numbers in range and a known model, before anything is read or created."""
+    from training.models import list_models
+
+    rules = [("--epochs", args.epochs, args.epochs >= 1, "at least 1"),
+             ("--batch-size", args.batch_size, args.batch_size >= 1, "at least 1"),
+             ("--lr", args.lr, args.lr > 0, "a positive number"),
+             ("--weight-decay", args.weight_decay, args.weight_decay >= 0, ">= 0"),
+             ("--momentum", args.momentum, 0 <= args.momentum < 1, "in [0, 1)"),
+             ("--warmup-epochs", args.warmup_epochs, args.warmup_epochs >= 0, ">= 0"),
+             ("--label-smoothing", args.label_smoothing, 0 <= args.label_smoothing < 1, "in [0, 1)"),
+             ("--mixup", args.mixup, args.mixup >= 0, ">= 0"),
+             ("--cutmix", args.cutmix, args.cutmix >= 0, ">= 0"),
+             ("--translate", args.translate, args.translate >= 0, ">= 0"),
+             ("--clip-grad", args.clip_grad, args.clip_grad >= 0, ">= 0"),
+             ("--ema", args.ema, 0 <= args.ema < 1, "in [0, 1)"),
+             ("--shuffle-buffer", args.shuffle_buffer, args.shuffle_buffer >= 0, ">= 0"),
+             ("--seed", args.seed, args.seed >= 0, ">= 0"),
+             ("--ckpt-every", args.ckpt_every, args.ckpt_every >= 0, ">= 0 (0 = end of each epoch only)"),
+             ("--stop-after-steps", args.stop_after_steps, args.stop_after_steps >= 0, ">= 0 (0 = never)"),
+             ("--log-every", args.log_every, args.log_every >= 1, "at least 1")]
+    if args.workers is not None:
+        rules.append(("--workers", args.workers, args.workers >= 0, ">= 0"))
+    rules += [(f"--{k}", getattr(args, k), getattr(args, k) >= 1, "at least 1")
+              for k in ("width", "depth", "patch", "kernel") if getattr(args, k) is not None]
+    for flag, value, ok, rule in rules:
+        if not ok or not math.isfinite(value):
+            raise TrainError(f"{flag} {value} is out of range: it must be {rule}")
+    if args.model not in list_models():
+        raise TrainError(f"unknown --model {args.model!r}; choose one of {', '.join(list_models())}")
+    if not (args.device in ("auto", "cpu") or args.device.startswith("cuda")):
+        raise TrainError(f"unknown --device {args.device!r}; choose auto, cpu or cuda")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"--device {args.device} asked for, but this machine has no usable CUDA device; "
+                         "use --device cpu (or auto)")
+
+
+def open_dataset(args: argparse.Namespace, world: int):
+    """``(manifest, base folder)`` of ``--data``, with the splits this run reads and enough samples."""
+    from lcrypt.manifest import ManifestError
+    from loaders.dataset import load_manifest
+    from loaders.plan import kept_per_rank
+
+    try:
+        manifest, base = load_manifest(args.data)
+    except (ManifestError, OSError, ValueError) as exc:
+        raise TrainError(f"cannot read the dataset --data {args.data}: {exc}") from None
+    for split in [args.train_split] + ([args.test_split] if args.test_split != "none" else []):
+        if split not in manifest.splits or not manifest.shards_for(split):
+            raise TrainError(f"the dataset {args.data} has no split {split!r} (splits: "
+                             f"{', '.join(manifest.splits) or 'none'}); choose one with --train-split / "
+                             "--test-split ('none' skips evaluation)")
+    n = manifest.num_samples(args.train_split)
+    if kept_per_rank(n, world, args.batch_size) == 0:
+        raise TrainError(f"{n} training samples give no batch of {args.batch_size} per process on {world} "
+                         "processes; lower --batch-size")
+    return manifest, base
+
+
+def load_resume(args: argparse.Namespace) -> tuple[dict | None, str | None]:
+    """``(checkpoint, path)`` to continue from, or ``(None, None)``; unreadable ones are refused."""
+    resume = args.resume
+    if resume == "auto":
+        auto = Path(args.out) / CHECKPOINT
+        resume = str(auto) if auto.exists() else None
+    if not resume:
+        return None, None
+    try:
+        return read_checkpoint(resume, RESUME_FIELDS), resume
+    except CheckpointError as exc:
+        raise TrainError(f"--resume {exc}") from None
+
+
+def check_resume(ckpt: dict, path: str, manifest, architecture: dict[str, Any]) -> None:
+    """Refuse to continue a checkpoint on another dataset or another model: name the first field that
+    differs, both values, and what to do."""
+    from loaders.dataset import KeyMismatchError, check_key_ids
+    from training.models import architecture as arch_of
+
+    try:
+        check_key_ids(manifest, ckpt["key_ids"], f"checkpoint {path}")
+    except KeyMismatchError as exc:
+        raise TrainError(str(exc)) from None
+    new_run = "or train from scratch into another --out (without --resume)"
+    data_fields = [("scheme", ckpt["scheme"], manifest.scheme),
+                   ("scheme parameters", ckpt["scheme_params"], manifest.scheme_params),
+                   ("image shape", list(ckpt["image_shape"]), list(manifest.image_shape)),
+                   ("class count", len(ckpt["class_names"]), manifest.num_classes),
+                   ("class names", list(ckpt["class_names"]), list(manifest.class_names))]
+    for field, theirs, ours in data_fields:
+        if theirs != ours:
+            raise TrainError(f"checkpoint {path} was trained on data with {field} {theirs!r}, but --data "
+                             f"{manifest.name!r} has {ours!r}; resume on the dataset the checkpoint was "
+                             f"trained on, {new_run}")
+    cfg = dict(ckpt["model_config"])
+    try:
+        theirs = arch_of(cfg.pop("name"), cfg.pop("adapt", "none"), **cfg)
+    except (KeyError, ValueError) as exc:
+        raise TrainError(f"checkpoint {path} has an unusable model_config: {exc}") from None
+    for field in ("name", "adapt", *sorted(set(theirs) | set(architecture) - {"name", "adapt"})):
+        if theirs.get(field) != architecture.get(field):
+            flag = "--model" if field == "name" else f"--{field}"
+            want, have = theirs.get(field), architecture.get(field)
+            raise TrainError(f"checkpoint {path} is a model with {flag} {want}, but this run asks for {flag} "
+                             f"{have}; resume with the checkpoint's {flag} {want}, {new_run}")
+
+
+def agree(error: str | None) -> str | None:
+    """The lowest rank's error if any rank has one, on every rank (so they all stop, or none does)."""
+    if not dist.is_initialized():
+        return error
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, error)
+    return next((e for e in gathered if e), None)
+
+
+# -- the --out lock -----------------------------------------------------------------------------------
+class OutLock:
+    """An exclusive lock on ``--out``: ``fcntl.flock`` on ``OUT/.lcrypt-train.lock``, which holds the
+    holder's pid, host and start time, so a second run into the same folder is refused, naming it.
+
+    The kernel drops a flock when its holder dies, so a killed run's leftover file locks nothing: the
+    next run takes it over. The file is removed at the end, also when the run is stopped by SIGTERM
+    (what torchrun sends the other ranks when one fails); a run that locked a file another run was
+    removing at that moment sees the path name another inode (or none) and tries again.
+    """
+
+    def __init__(self, out: Path):
+        self.out, self.path = out, out / LOCK
+        self.fd: int | None = None
+        self.made_out = False
+        self.previous_handler: Any = None
+
+    def acquire(self) -> None:
+        import fcntl
+        import socket
+
+        self.made_out = not self.out.exists()
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
+                    os.close(fd)
+                    raise TrainError(f"--out {self.out} is in use by another training run "
+                                     f"({describe_holder(holder)}); wait for it to end, or give another --out"
+                                     ) from None
+                try:
+                    mine = os.stat(self.path)
+                    locked = os.fstat(fd)
+                    if (mine.st_dev, mine.st_ino) == (locked.st_dev, locked.st_ino):
+                        break
+                except FileNotFoundError:
+                    pass
+                os.close(fd)  # the holder removed this file while we waited for it: lock the new one
+        except OSError as exc:
+            self.abandon()
+            raise TrainError(f"cannot use --out {self.out}: {exc.strerror or exc}") from None
+        self.fd = fd
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(info, sort_keys=True) + "\n").encode())
+        if threading.current_thread() is threading.main_thread():
+            self.previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        """Remove the lock file and leave at once (no unwinding through DataLoader or collectives)."""
+        self.release()
+        os._exit(128 + signum)
+
+    def release(self) -> None:
+        if self.previous_handler is not None:
+            signal.signal(signal.SIGTERM, self.previous_handler)
+            self.previous_handler = None
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)  # while still holding the lock (see the class docstring)
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Remove ``--out`` again if this run made it and left nothing in it."""
+        if self.made_out:
+            try:
+                self.out.rmdir()
+            except OSError:
+                pass
+
+
+def describe_holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"pid {info['pid']} on host {info['host']}, started {info['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "its pid and host are not written yet"
+
+
 # -- main ---------------------------------------------------------------------------------------------
 def run(argv: Sequence[str] | None = None) -> int:
+    """Train; a refusal is one line on stderr and exit status 2, with nothing created before it."""
     args = build_parser().parse_args(argv)
-    from lcrypt.table import format_table
-    from loaders.augment import AugmentConfig, EncryptedAugment, normalize
-    from loaders.dataset import KeyMismatchError, check_key_ids, load_manifest
-    from training.models import create_model
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        return train(args, argv)
+    except TrainError as exc:
+        exc.report(rank)
+        return 2
+
+
+def train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from loaders.dataset import check_shards
+    from training.models import architecture, create_model
+
+    # everything that can be refused is checked before --out is touched
+    check_arguments(args)
+    world_env = int(os.environ.get("WORLD_SIZE", "1"))
+    manifest, base = open_dataset(args, world_env)
+    key_ids = sorted(o.key_id for o in manifest.owners)
+    info = manifest.scheme_info or manifest.scheme_object().info.as_dict(*manifest.image_shape[:2])
+    block = info.get("block_size")
+    model_kw = {k: getattr(args, k) for k in ("width", "depth", "patch", "kernel", "depthwise")}
+    torch.manual_seed(args.seed)
+    try:
+        model = create_model(args.model, manifest.num_classes, manifest.image_shape[0], block,
+                             adapt=args.adapt, **model_kw)
+    except ValueError as exc:
+        raise TrainError(f"cannot build --model {args.model}: {exc}") from None
+    ckpt, resume = load_resume(args)
+    if ckpt is not None:
+        check_resume(ckpt, resume, manifest, architecture(args.model, args.adapt, **model_kw))
 
     rank, world, local, device = setup_distributed(args.device)
     is_main = rank == 0
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest, _ = load_manifest(args.data)
-    key_ids = sorted(o.key_id for o in manifest.owners)
-    ckpt = None
-    resume = args.resume
-    if resume == "auto":
-        resume = str(out / CHECKPOINT) if (out / CHECKPOINT).exists() else None
-    if resume:
-        ckpt = load_checkpoint(resume)
-        try:
-            check_key_ids(manifest, ckpt["key_ids"], f"checkpoint {resume}")
-        except KeyMismatchError as exc:
-            print(f"training.train: error: {exc}", file=sys.stderr)
-            return 2
-    torch.manual_seed(args.seed)
+    lock = OutLock(out)
+    try:
+        splits = [args.train_split] + ([args.test_split] if args.test_split != "none" else [])
+        problems = check_shards(manifest, base, splits)
+        if problems:
+            more = f" (and {len(problems) - 1} more shard problems)" if len(problems) > 1 else ""
+            problem = problems[0] + more
+        else:
+            problem = None
+        if problem := agree(problem):
+            raise TrainError(problem)
+        lock_error = None
+        if is_main:
+            try:
+                lock.acquire()
+            except TrainError as exc:
+                lock_error = str(exc)
+        if lock_error := agree(lock_error):
+            raise TrainError(lock_error)
+        out.mkdir(parents=True, exist_ok=True)  # other ranks: rank 0 made it (or another node did)
+    except TrainError as exc:
+        if dist.is_initialized():  # every rank is here with the same error: rank 0 says it, all leave
+            exc.report(rank)
+            dist.barrier()  # (torchrun stops the others as soon as one rank exits)
+            dist.destroy_process_group()
+        raise exc from None
+    try:
+        return train_locked(args, argv, manifest, model, ckpt, key_ids, info, model_kw, rank, world, local,
+                            device, out)
+    except shards_errors() as exc:  # a shard found damaged while reading: this rank stops, naming it
+        from loaders.dataset import loader_error_message
+
+        raise TrainError(loader_error_message(exc), all_ranks=False) from None
+    except RuntimeError as exc:
+        if world > 1 and peer_lost(exc):  # another rank stopped (its own error says why)
+            raise TrainError(f"rank {rank} stopped: another rank ended in the middle of a collective "
+                             "operation; its own error says why", all_ranks=False) from None
+        raise
+    finally:
+        lock.release()
+
+
+def peer_lost(exc: RuntimeError) -> bool:
+    """Whether a collective failed because another rank's process ended (gloo reports it as a plain
+    RuntimeError; newer torch as DistError)."""
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+
+
+def shards_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged or vanished shard raises (also when re-raised by a DataLoader worker)."""
+    from lcrypt.shards import ShardFormatError
+
+    return ShardFormatError, OSError
+
+
+def train_locked(args, argv, manifest, model, ckpt, key_ids, info, model_kw, rank, world, local, device, out
+                 ) -> int:
+    """The run itself, once every check passed and ``--out`` is locked."""
+    from lcrypt.table import format_table
+    from loaders.augment import AugmentConfig, EncryptedAugment, normalize
+
+    is_main = rank == 0
     cuda = device.type == "cuda"
     amp = cuda and not args.no_amp
     if cuda:
@@ -243,16 +588,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     t_setup = time.perf_counter()
     train_loader, train_ds, test_loader, test_ds = build_data(args, args.data, rank, world, device, key_ids)
     steps_per_epoch = len(train_ds)
-    if steps_per_epoch == 0:
-        print(f"training.train: error: {train_ds.num_samples} training samples give no batch of "
-              f"{args.batch_size} per process on {world} processes; lower --batch-size", file=sys.stderr)
-        return 2
     total_steps = steps_per_epoch * args.epochs
-    info = manifest.scheme_info or manifest.scheme_object().info.as_dict(*manifest.image_shape[:2])
-    block = info.get("block_size")
-    model_kw = {k: getattr(args, k) for k in ("width", "depth", "patch", "kernel", "depthwise")}
-    model = create_model(args.model, manifest.num_classes, manifest.image_shape[0], block, adapt=args.adapt,
-                         **model_kw).to(device)
+    model = model.to(device)
     channels_last = args.memory_format == "channels_last" or (cuda and args.memory_format == "auto")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -273,11 +610,16 @@ def run(argv: Sequence[str] | None = None) -> int:
         ema = ModelEmaV2(raw, decay=args.ema)
     epoch, step_in_epoch, global_step = 0, 0, 0
     if ckpt is not None:
-        raw.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.module.load_state_dict(ckpt["ema"])
+        try:
+            raw.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            if ema is not None and ckpt.get("ema") is not None:
+                ema.module.load_state_dict(ckpt["ema"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise TrainError(f"--resume {args.resume}: the checkpoint does not fit this run's model or "
+                             f"optimiser ({first_line(exc)}); resume with the checkpoint's settings, or "
+                             "train from scratch into another --out") from None
         pos = ckpt["loader"]
         epoch, step_in_epoch, global_step = pos["epoch"], pos["step"], ckpt["global_step"]
         if pos.get("world") != world or pos.get("batch_size", args.batch_size) != args.batch_size:
