@@ -10,29 +10,17 @@ whose files are whose).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 import os
-import socket
 import tempfile
-import time
 
 from apache_beam.io.filesystems import FileSystems
 
 from lcrypt import shards
+from lcrypt.lock import FileLock, LockBusy, describe_holder
 from pipelines import outdir
 from pipelines.options import PrepareError
 from pipelines.outdir import LOCK_NAME, OutError, WriteFailed
-
-
-def describe_holder(text: str | None) -> str:
-    """'pid 123 on host h, started 2026-...' from a marker's JSON (or what can be said without it)."""
-    try:
-        d = json.loads(text or "")
-        return f"pid {d['pid']} on host {d['host']}, started {d['started']}"
-    except (ValueError, KeyError, TypeError):
-        return "holder unknown"
 
 
 class RunLock:
@@ -51,10 +39,9 @@ class RunLock:
             digest = hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:24]
             folder = os.path.join(tempfile.gettempdir(), "lcrypt-locks")
             os.makedirs(folder, exist_ok=True)
-            self.path = os.path.join(folder, f"{digest}.lock")
+            self.lock = FileLock(os.path.join(folder, f"{digest}.lock"))
         else:
-            self.path = self.marker
-        self.fd: int | None = None
+            self.lock = FileLock(self.marker)
         self.previous: str | None = None
         self.created_out = False
 
@@ -69,77 +56,38 @@ class RunLock:
                     raise OutError(f"--out {self.out}: cannot create the folder ({exc.strerror}); "
                                    "choose a folder you can write to") from None
                 self.created_out = True
-        while True:
-            existed = os.path.exists(self.path)
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                self._undo_out()
-                raise OutError(f"--out {self.out} is not writable ({exc.strerror}); choose a folder you can "
-                               "write to, or fix its permissions") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = describe_holder(os.read(fd, 4096).decode("utf-8", "replace"))
-                os.close(fd)
-                raise OutError(f"--out {self.out} is in use by another lcrypt prepare ({holder}); wait for it "
-                               "to finish or choose another folder") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:  # not a file the previous holder unlinked while we waited
-                break
-            os.close(fd)
-        self.fd = fd
+        try:
+            previous = self.lock.acquire()
+        except LockBusy as exc:
+            raise OutError(f"--out {self.out} is in use by another lcrypt prepare ({exc.holder}); wait for it "
+                           "to finish or choose another folder") from None
+        except OSError as exc:
+            self._undo_out()
+            raise OutError(f"--out {self.out} is not writable ({exc.strerror}); choose a folder you can "
+                           "write to, or fix its permissions") from None
         if self.remote:
-            self.previous = outdir.read_text(self.marker) if FileSystems.exists(self.marker) else None
-        else:
-            text = os.read(fd, 1 << 16).decode("utf-8", "replace")
-            self.previous = text if existed else None
-            if existed and not text:  # an empty lock file: a run killed before it wrote its marker
-                self.previous = "{}"
+            previous = outdir.read_text(self.marker) if FileSystems.exists(self.marker) else None
+        self.previous = previous
         return self
 
-    def claim(self, command: str = "lcrypt prepare") -> None:
+    def claim(self) -> None:
         """Write this run's marker: who holds the folder, so a second run can name it."""
-        body = json.dumps({"command": command, "pid": os.getpid(), "host": socket.gethostname(),
-                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, sort_keys=True).encode()
         try:
-            os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, body, 0)
-            os.fsync(self.fd)
+            body = self.lock.write_holder(command="lcrypt prepare")
         except OSError as exc:
-            raise WriteFailed(f"cannot write {self.path}: {exc.strerror}") from None
+            raise WriteFailed(f"cannot write {self.lock.path}: {exc.strerror}") from None
         if self.remote:
             outdir.write_atomic(self.marker, body)
 
     def release(self, finished: bool) -> None:
         """Unlock; a finished run also removes its marker (an unfinished one leaves it behind)."""
-        if self.fd is None:
-            return
-        try:
-            if finished:
-                if self.remote:
-                    FileSystems.delete([self.marker])
-                os.unlink(self.path)  # before unlocking: a waiting run then sees the inode change
-        except OSError:
-            pass
-        finally:
-            os.close(self.fd)
-            self.fd = None
+        if finished and self.remote:
+            FileSystems.delete([self.marker])
+        self.lock.release(remove=finished or self.remote)
 
     def abandon(self) -> None:
         """Release a lock taken for a run that was refused before it started: leave no trace of it."""
-        if self.fd is None:
-            return
-        if self.remote or self.previous is None:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-        os.close(self.fd)
-        self.fd = None
+        self.lock.release(remove=self.remote or self.previous is None)
         self._undo_out()
 
     def _undo_out(self) -> None:

@@ -391,54 +391,34 @@ def agree(error: str | None) -> str | None:
 
 # -- the --out lock -----------------------------------------------------------------------------------
 class OutLock:
-    """An exclusive lock on ``--out``: ``fcntl.flock`` on ``OUT/.lcrypt-train.lock``, which holds the
-    holder's pid, host and start time, so a second run into the same folder is refused, naming it.
-
-    The kernel drops a flock when its holder dies, so a killed run's leftover file locks nothing: the
-    next run takes it over. The file is removed at the end, also when the run is stopped by SIGTERM
-    (what torchrun sends the other ranks when one fails); a run that locked a file another run was
-    removing at that moment sees the path name another inode (or none) and tries again.
-    """
+    """An exclusive lock on ``--out`` (:class:`lcrypt.lock.FileLock` on ``OUT/.lcrypt-train.lock``), so a
+    second run into the same folder is refused, naming the first. A killed run's leftover file locks
+    nothing: the next run takes it over. The file is removed at the end, also when the run is stopped by
+    SIGTERM (what torchrun sends the other ranks when one fails)."""
 
     def __init__(self, out: Path):
         self.out, self.path = out, out / LOCK
-        self.fd: int | None = None
+        self.lock = None
         self.made_out = False
         self.previous_handler: Any = None
 
     def acquire(self) -> None:
-        import fcntl
-        import socket
+        from lcrypt.lock import FileLock, LockBusy
 
         self.made_out = not self.out.exists()
+        self.lock = FileLock(self.path)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            while True:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
-                    os.close(fd)
-                    raise TrainError(f"--out {self.out} is in use by another training run "
-                                     f"({describe_holder(holder)}); wait for it to end, or give another --out"
-                                     ) from None
-                try:
-                    mine = os.stat(self.path)
-                    locked = os.fstat(fd)
-                    if (mine.st_dev, mine.st_ino) == (locked.st_dev, locked.st_ino):
-                        break
-                except FileNotFoundError:
-                    pass
-                os.close(fd)  # the holder removed this file while we waited for it: lock the new one
+            self.lock.acquire()
+            self.lock.write_holder(command="training.train")
+        except LockBusy as exc:
+            self.abandon()
+            raise TrainError(f"--out {self.out} is in use by another training run ({exc.holder}); wait for it "
+                             "to end, or give another --out") from None
         except OSError as exc:
+            self.lock.release()
             self.abandon()
             raise TrainError(f"cannot use --out {self.out}: {exc.strerror or exc}") from None
-        self.fd = fd
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.write(fd, (json.dumps(info, sort_keys=True) + "\n").encode())
         if threading.current_thread() is threading.main_thread():
             self.previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
 
@@ -451,13 +431,7 @@ class OutLock:
         if self.previous_handler is not None:
             signal.signal(signal.SIGTERM, self.previous_handler)
             self.previous_handler = None
-        if self.fd is not None:
-            try:
-                os.unlink(self.path)  # while still holding the lock (see the class docstring)
-            except FileNotFoundError:
-                pass
-            os.close(self.fd)
-            self.fd = None
+        self.lock.release()
         self.abandon()
 
     def abandon(self) -> None:
@@ -467,14 +441,6 @@ class OutLock:
                 self.out.rmdir()
             except OSError:
                 pass
-
-
-def describe_holder(text: str) -> str:
-    try:
-        info = json.loads(text)
-        return f"pid {info['pid']} on host {info['host']}, started {info['started']}"
-    except (ValueError, KeyError, TypeError):
-        return "its pid and host are not written yet"
 
 
 # -- main ---------------------------------------------------------------------------------------------
