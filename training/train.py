@@ -431,7 +431,8 @@ class OutLock:
         if self.previous_handler is not None:
             signal.signal(signal.SIGTERM, self.previous_handler)
             self.previous_handler = None
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
         self.abandon()
 
     def abandon(self) -> None:
