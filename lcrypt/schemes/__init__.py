@@ -44,7 +44,8 @@ def list_schemes() -> list[str]:
 def register_scheme(cls: type[Scheme]) -> type[Scheme]:
     """Add a :class:`Scheme` subclass under its ``name`` (usable as a class decorator). A name already
     registered is refused: two schemes under one name would make ciphertexts ambiguous."""
-    if not (isinstance(cls, type) and issubclass(cls, Scheme)) or not isinstance(getattr(cls, "name", None), str):
+    named = isinstance(getattr(cls, "name", None), str)
+    if not (isinstance(cls, type) and issubclass(cls, Scheme) and named):
         raise TypeError(f"register_scheme takes a Scheme subclass with a name, got {cls!r}")
     if cls.name in _SCHEMES:
         raise ValueError(f"scheme name {cls.name!r} is already registered ({_SCHEMES[cls.name].__name__}); "

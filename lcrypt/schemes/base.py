@@ -40,11 +40,14 @@ apply (a jigsaw solver needs whole blocks moved and nothing inside them changed 
 
 KEY_FORMS = {
     "xor": "c = p ^ m: every value keeps its place and is XORed with a fixed mask",
-    "pixel-colour-xor": "each pixel keeps its place; its colour components are permuted and XORed with 0 or 255",
-    "block-variants": "whole blocks move, each under one rotation/flip, sign and colour order (as the steps say)",
+    "pixel-colour-xor": "each pixel keeps its place; its colour components are permuted and XORed with 0 "
+                        "or 255",
+    "block-variants": "whole blocks move, each under one rotation/flip, sign and colour order (as the steps "
+                      "say)",
     "byte-gather-xor": "c[t] = p[src[t]] ^ m[t] over the bytes",
     "nibble-gather-xor": "c[t] = p[src[t]] ^ m[t] over the 4-bit halves of the bytes",
-    "byte-gather-cumsum": "c = cumsum(p[src] + m) mod 256 in raster order: a first difference undoes the chain",
+    "byte-gather-cumsum": "c = cumsum(p[src] + m) mod 256 in raster order: a first difference undoes the "
+                          "chain",
     "row-chain": "c_x = f_x(p_x) ^ c_(x-1) along each row, f_x the identity or a keystream substitution",
     "row-chain-partial": "as row-chain, but where f_x is the identity c_x = p_x, outside the chain",
 }
