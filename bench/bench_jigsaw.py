@@ -5,7 +5,7 @@
 
 Scrambling alone: median/min SSIM, median correct-neighbour rate and wall seconds per image (one core
 with the variables above). Full EtC: the solver's output is defined up to one global rotation/flip,
-colour order and sign, which an oracle picks by SSIM against the plain image, as lcrypt/evaluate.py does.
+colour order and sign, which an oracle picks by SSIM against the plain image, as `lcrypt evaluate` does.
 ``--module path/to/jigsaw.py`` measures another version of the solver beside the current one, in the same
 run (for instance the previous one, ``git show <rev>:lcrypt/attacks/jigsaw.py > /tmp/jigsaw_old.py``).
 """

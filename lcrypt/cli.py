@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image
 
 from lcrypt import __version__
+from lcrypt.errors import UserError
 from lcrypt.images import ALLOWED_FORMATS, decode_image
 from lcrypt.keys import Key, KeyFileError
 from lcrypt.preview import center_crop_square, preview_grid, save_png
@@ -54,10 +55,6 @@ from lcrypt.table import format_table
 MARK_KEYWORD = "lcrypt"  # the PNG text chunk `lcrypt encrypt` writes
 MARK_FORMAT = "lcrypt-image/1"
 EXIT_SKIPPED, EXIT_REFUSED, EXIT_BROKEN_PIPE = 1, 2, 141
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed without a traceback."""
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ def test_jigsaw_flat_saturated_region_does_not_derail_it(rng, fixed_key):
 
 
 def test_jigsaw_compatibility_prefers_true_neighbours(rng, fixed_key):
-    from lcrypt.attacks.jigsaw import seam_cost
+    from lcrypt.attacks.jigsaw_scoring import seam_cost
 
     plain = smooth_images(2, 128, rng)
     m = scramble_only(fixed_key, plain.shape[1:], 16)
@@ -173,11 +173,13 @@ def test_jigsaw_on_full_etc_is_measured(rng, fixed_key):
 def test_jigsaw_refinement_survives_a_grid_without_best_buddies(rng, fixed_key, monkeypatch):
     """With no best-buddy seams every cell is its own segment; shifting a corner segment out of the
     frame once left nothing to place and crashed `lcrypt evaluate` on a real CIFAR-10 ciphertext."""
-    from lcrypt.attacks import jigsaw
+    from lcrypt.attacks import jigsaw_placement, jigsaw_variants
 
     cipher = get_scheme("etc", block_size=8).encrypt(smooth_images(1, 32, rng), fixed_key)[0]
-    compatibility = jigsaw._compatibility
-    monkeypatch.setattr(jigsaw, "_compatibility", lambda D: (compatibility(D)[0], [np.full(len(D[0]), -1)] * 4))
+    compatibility = jigsaw_placement.compatibility
+    for module in (jigsaw_placement, jigsaw_variants):
+        monkeypatch.setattr(module, "compatibility",
+                            lambda D: (compatibility(D)[0], [np.full(len(D[0]), -1)] * 4))
     for variants in ((False, False, False), (True, True, True)):
         recon, grids = jigsaw_attack(cipher[None], 8, *variants, restarts=1)
         assert sorted(grids[0].ravel()) == list(range(16)), variants

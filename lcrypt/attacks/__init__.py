@@ -1,51 +1,37 @@
-"""Attacks on learnable encryption, one module each with one entry point, and a small registry.
+"""Attacks on learnable encryption, one module each, and the registry ``lcrypt evaluate`` iterates.
 
-| name              | module               | threat model            | in -> out                              |
-|-------------------|----------------------|-------------------------|----------------------------------------|
-| `brute-force`     | brute_force.py       | ciphertext-only         | scheme, image size -> key-space bits   |
-| `fr`              | fr.py                | ciphertext-only         | ciphertexts -> reconstructions         |
-| `fr-greedy`       | fr.py                | ciphertext-only         | ciphertexts -> reconstructions         |
-| `jigsaw`          | jigsaw.py            | ciphertext-only         | ciphertexts -> reconstructions, grids  |
-| `inverse-network` | inverse_network.py   | ciphertext-only + known distribution | look-alike pairs under other keys, ciphertexts -> reconstructions |
-| `known-plaintext` | known_plaintext.py   | known plaintext         | pairs -> key estimate (decrypts others)|
-| `chosen-plaintext`| known_plaintext.py   | chosen plaintext        | encryption oracle -> key estimate      |
+Every attack is an :class:`~lcrypt.attacks.base.Attack`: ``applies_to(info)`` decides from the scheme's
+declared properties (``SchemeInfo.steps``, ``key_form``, ``block_size``) whether it makes sense, and
+``run(target)`` attacks one scheme's ciphertexts (:class:`~lcrypt.attacks.base.Target` ->
+:class:`~lcrypt.attacks.base.Outcome`). Each module also keeps its plain function for direct use.
+
+| name               | module             | threat model     | applies to (declared)                         |
+|--------------------|--------------------|------------------|-----------------------------------------------|
+| `brute-force`      | brute_force.py     | brute force      | every scheme (key-space bits)                 |
+| `fr`               | fr.py              | ciphertext-only  | every scheme that changes the image           |
+| `fr-greedy`        | fr.py              | ciphertext-only  | every scheme that changes the image           |
+| `jigsaw`           | jigsaw.py          | ciphertext-only  | whole blocks moved, changed only by variants  |
+| `inverse-network`  | inverse_network.py | ciphertext-only  | every scheme that changes the image           |
+| `known-plaintext`  | known_plaintext.py | known plaintext  | a key form it knows how to recover            |
+| `chosen-plaintext` | known_plaintext.py | chosen plaintext | key form `xor` (a blank image shows the mask) |
+
+The inverse network is ciphertext-only with a known data distribution: it trains on look-alike images
+encrypted under the adversary's own keys.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
-
-from lcrypt.attacks.brute_force import brute_force_attack
-from lcrypt.attacks.fr import fr_attack, fr_greedy_attack
-from lcrypt.attacks.jigsaw import jigsaw_attack
-from lcrypt.attacks.known_plaintext import chosen_plaintext_attack, known_plaintext_attack
-
-
-def _inverse_network(*args, **kwargs):
-    from lcrypt.attacks.inverse_network import inverse_network_attack   # torch imported only when run
-
-    return inverse_network_attack(*args, **kwargs)
-
-
-@dataclasses.dataclass(frozen=True)
-class Attack:
-    name: str
-    threat_model: str
-    run: Callable
-    summary: str
-
+from lcrypt.attacks.base import Attack, Budget, Outcome, Target
+from lcrypt.attacks.brute_force import BRUTE_FORCE
+from lcrypt.attacks.fr import FR, FR_GREEDY
+from lcrypt.attacks.inverse_network import INVERSE_NETWORK
+from lcrypt.attacks.jigsaw import JIGSAW
+from lcrypt.attacks.known_plaintext import CHOSEN_PLAINTEXT, KNOWN_PLAINTEXT
+from lcrypt.schemes.base import SchemeInfo
 
 ATTACKS: dict[str, Attack] = {a.name: a for a in (
-    Attack("brute-force", "ciphertext-only", brute_force_attack, "exhaustive key search, counted in bits"),
-    Attack("fr", "ciphertext-only", fr_attack, "fold v -> min(v, 255-v) (Chang & Case 2020)"),
-    Attack("fr-greedy", "ciphertext-only", fr_greedy_attack, "48 sign/colour-order candidates, smoothest kept"),
-    Attack("jigsaw", "ciphertext-only", jigsaw_attack, "edge-compatibility block puzzle solver"),
-    Attack("inverse-network", "ciphertext-only", _inverse_network,
-           "CNN trained on look-alike pairs under other keys"),
-    Attack("known-plaintext", "known-plaintext", known_plaintext_attack, "effective key from known pairs"),
-    Attack("chosen-plaintext", "chosen-plaintext", chosen_plaintext_attack, "blank image reveals the keystream"),
-)}
+    BRUTE_FORCE, FR, FR_GREEDY, JIGSAW, INVERSE_NETWORK, KNOWN_PLAINTEXT, CHOSEN_PLAINTEXT)}
+"""Every attack, in the order the report lists them."""
 
 
 def get_attack(name: str) -> Attack:
@@ -55,4 +41,9 @@ def get_attack(name: str) -> Attack:
         raise ValueError(f"unknown attack {name!r}; choose one of: {', '.join(ATTACKS)}") from None
 
 
-__all__ = ["ATTACKS", "Attack", "get_attack"]
+def attacks_for(info: SchemeInfo) -> list[Attack]:
+    """The attacks that apply to a scheme, by its declared properties."""
+    return [a for a in ATTACKS.values() if a.applies_to(info)]
+
+
+__all__ = ["ATTACKS", "Attack", "Budget", "Outcome", "Target", "attacks_for", "get_attack"]

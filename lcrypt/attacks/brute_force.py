@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from lcrypt.attacks.base import Attack, Outcome
+
 OWNER_KEY_BITS = 256
 TRIALS_PER_SECOND = 1e12
 
@@ -19,3 +21,8 @@ def brute_force_attack(scheme, height: int, width: int) -> dict:
     eff = min(bits, OWNER_KEY_BITS) if bits > 0 else 0.0
     seconds_log10 = eff * math.log10(2) - math.log10(TRIALS_PER_SECOND)
     return {"bits": bits, "effective_bits": eff, "log10_years": seconds_log10 - math.log10(3.156e7)}
+
+
+BRUTE_FORCE = Attack("brute-force", "brute-force", "exhaustive key search, counted in bits",
+                     applies_to=lambda info: True,
+                     run=lambda t: Outcome(notes=brute_force_attack(t.scheme, *t.cipher.shape[1:3])))

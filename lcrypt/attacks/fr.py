@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lcrypt.attacks.base import Attack, Outcome, changes_the_image
 from lcrypt.schemes.base import COLOR_PERMUTATIONS
 
 
@@ -64,12 +65,12 @@ def fr_greedy_attack(ciphertexts: np.ndarray, block: int = 1, color_shuffle: boo
         cost = np.zeros(cand.shape[:3])
         up = i > 0
         if up.any():
-            ref = out[:, i[up] - 1, j[up]][:, :, -1].astype(np.int32)                     # (n, Lu, b, 3) bottom row
+            ref = out[:, i[up] - 1, j[up]][:, :, -1].astype(np.int32)            # (n, Lu, b, 3) bottom row
             diff = cand[:, up][:, :, :, 0].astype(np.int32) - ref[:, :, None]
             cost[:, up] += np.abs(diff).sum(axis=(-2, -1))
         left = j > 0
         if left.any():
-            ref = out[:, i[left], j[left] - 1][:, :, :, -1].astype(np.int32)              # (n, Ll, b, 3) right column
+            ref = out[:, i[left], j[left] - 1][:, :, :, -1].astype(np.int32)     # (n, Ll, b, 3) right column
             diff = cand[:, left][:, :, :, :, 0].astype(np.int32) - ref[:, :, None]
             cost[:, left] += np.abs(diff).sum(axis=(-2, -1))
         best = cost.argmin(axis=2)                                                  # (n, L); 0 = as is
@@ -94,3 +95,12 @@ def resolve_global(recon: np.ndarray, plain: np.ndarray, score) -> np.ndarray:
     scores = np.stack([score(v, plain) for v in variants])                          # (48, N)
     best = scores.argmax(axis=0)
     return variants[best, np.arange(len(plain))]
+
+
+FR = Attack("fr", "ciphertext-only", "fold v -> min(v, 255-v) (Chang & Case 2020)",
+            # key-free and cheap, so tried on every scheme; it only reveals negative-positive steps
+            applies_to=changes_the_image,
+            run=lambda t: Outcome(fr_attack(t.cipher, "pixel-colour-shuffle" in t.scheme.info.steps)))
+FR_GREEDY = Attack("fr-greedy", "ciphertext-only", "48 sign/colour-order candidates, smoothest kept",
+                   applies_to=changes_the_image,
+                   run=lambda t: Outcome(fr_greedy_attack(t.cipher, 1, color_shuffle=True)))

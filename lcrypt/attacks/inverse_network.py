@@ -21,6 +21,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from lcrypt.attacks.base import Attack, Outcome, Target, changes_the_image
+from lcrypt.keys import Key
+
+MIN_LOOKALIKES = 64  # fewer look-alike images than this train nothing worth reporting
+
 
 def inverse_network_attack(train_plain: np.ndarray, encrypt_with: Callable[[np.ndarray, int], np.ndarray],
                            target_cipher: np.ndarray, keys: int = 4, width: int = 16, depth: int = 4,
@@ -40,7 +45,10 @@ def inverse_network_attack(train_plain: np.ndarray, encrypt_with: Callable[[np.n
     chunks = np.array_split(np.arange(len(train_plain)), keys)
     cipher = np.concatenate([encrypt_with(train_plain[idx], k) for k, idx in enumerate(chunks)])
     plain = np.concatenate([train_plain[idx] for idx in chunks])
-    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float().div(255.0)
+
+    def to_t(a: np.ndarray) -> "torch.Tensor":
+        return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float().div(255.0)
+
     xs, ys = to_t(cipher).to(dev), to_t(plain).to(dev)
 
     layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU()]
@@ -71,3 +79,22 @@ def inverse_network_attack(train_plain: np.ndarray, encrypt_with: Callable[[np.n
             y = net(to_t(target_cipher[i:i + 256]).to(dev)).clamp(0, 1).mul(255).round()
             outs.append(y.byte().permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(outs)
+
+
+def _run(target: Target) -> Outcome:
+    if target.budget.itn_steps <= 0:
+        return Outcome(skipped="training steps set to 0")
+    if len(target.known) < MIN_LOOKALIKES:
+        return Outcome(skipped=f"needs {MIN_LOOKALIKES} look-alike images, the adversary holds "
+                               f"{len(target.known)}")
+    scheme = target.scheme
+    adversary = [Key.generate("adversary") for _ in range(4)]
+    recon = inverse_network_attack(target.known, lambda a, k: scheme.encrypt(a, adversary[k]), target.cipher,
+                                   keys=len(adversary), steps=target.budget.itn_steps,
+                                   threads=target.budget.threads)
+    return Outcome(recon)
+
+
+INVERSE_NETWORK = Attack("inverse-network", "ciphertext-only",
+                         "CNN trained on look-alike pairs under other keys",
+                         applies_to=changes_the_image, run=_run)

@@ -6,23 +6,25 @@ pair *is* the effective key: whoever learns it decrypts every other image of the
 recover an estimate of (src, mask) and report (a) the fraction of positions where it equals the true
 one and (b) the SSIM of decrypting *unseen* images with it.
 
-Methods (the adversary knows the algorithm and picks the one that fits):
+Methods (the adversary knows the algorithm, so the scheme's declared ``SchemeInfo.key_form`` picks
+the one that fits; :data:`RECOVERIES`):
 
-* ``xor`` (one pair; PE without colour shuffle, CPBE): ``src`` is the identity, so
-  ``mask = p ⊕ c``. For CPBE the *chosen* plaintext of Ahmad & Shin is the blank image: ``mask = c``.
-* ``pixel`` (one pair; PE with colour shuffle): per pixel, the colour order whose three XOR
-  differences are all 0 or 255.
-* ``blocks`` (one pair; EtC): every plain block under its 96 variants (8 rotations/flips × sign × 6
-  colour orders) is hashed, and each cipher block is looked up: the scramble, rotation, sign and colour
-  order of every block at once.
-* ``signature`` (K ≥ 2 pairs; any gather-and-XOR scheme: LE, ELE, block-shuffle, EtC, PE): XOR
-  differences cancel the mask, ``c_k[t] ⊕ c_0[t] = p_k[src[t]] ⊕ p_0[src[t]]``, so matching the
+* ``xor`` (one pair; key form ``xor``: PE without colour shuffle, CPBE): ``src`` is the identity, so
+  ``mask = p ⊕ c``. The *chosen* plaintext of Ahmad & Shin is the blank image: ``mask = c``.
+* ``pixel`` (one pair; ``pixel-colour-xor``: PE with colour shuffle): per pixel, the colour order whose
+  three XOR differences are all 0 or 255.
+* ``blocks`` (one pair; ``block-variants``: EtC): every plain block under its variants (up to 8
+  rotations/flips × sign × 6 colour orders, as the scheme's steps say) is hashed, and each cipher block is
+  looked up: the scramble, rotation, sign and colour order of every block at once.
+* ``signature`` (K ≥ 2 pairs; ``byte-gather-xor`` and ``nibble-gather-xor``: block-shuffle, LE, ELE):
+  XOR differences cancel the mask, ``c_k[t] ⊕ c_0[t] = p_k[src[t]] ⊕ p_0[src[t]]``, so matching the
   (K−1)-value signatures of cipher and plain positions gives ``src``, then ``mask``. With ``op="add"``
-  the same works for the cat-map cipher after a first difference removes its chained diffusion
-  (``diff(c) = p[g] + s mod 256``).
-* ``chain`` (K pairs; ahmad-diffusion): ``t = c_x ⊕ c_{x−1}`` is computable from the ciphertext, and
-  per position it is one of 257 substitutions of p (eq. 2 with some s, or the identity); the first
-  column adds the unknown IV byte. The pairs single out the substitution position by position.
+  (``byte-gather-cumsum``) the same works for the cat-map cipher after a first difference removes its
+  chained diffusion (``diff(c) = p[g] + s mod 256``).
+* ``chain`` (K pairs; ``row-chain`` and ``row-chain-partial``: ahmad-diffusion): ``t = c_x ⊕ c_{x−1}``
+  is computable from the ciphertext, and per position it is one of 257 substitutions of p (eq. 2 with
+  some s, or the identity); the first column adds the unknown IV byte. The pairs single out the
+  substitution position by position.
 
 Positions an attack cannot pin down (flat regions give equal signatures, identical blocks) take an
 arbitrary consistent candidate, and plain positions nothing maps to decrypt to mid-grey.
@@ -31,11 +33,14 @@ arbitrary consistent candidate, and plain positions nothing maps to decrypt to m
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import numpy as np
 
-from lcrypt.schemes.base import COLOR_PERMUTATIONS, block_index, dihedral_maps
+from lcrypt.attacks.base import Attack, Outcome, Target, changes_the_image
+from lcrypt.attacks.block_variants import block_variants, variant_flags
+from lcrypt.schemes.base import COLOR_PERMUTATIONS, Scheme, SchemeInfo, block_index
 
 
 # -- the recovered key -------------------------------------------------------------------------
@@ -106,20 +111,6 @@ def recover_pixel_shuffle(plain: np.ndarray, cipher: np.ndarray) -> KeyEstimate:
     return KeyEstimate("pixel", plain.shape[1:], src, mask)
 
 
-def block_variants(block: int, rotations: bool = True, negpos: bool = True, colors: bool = True) -> np.ndarray:
-    """Byte gathers + XORs of every per-block variant: returns (V, b·b·3) offsets and (V,) sign masks."""
-    pix = dihedral_maps(block) if rotations else np.arange(block * block)[None]
-    perms = COLOR_PERMUTATIONS if colors else COLOR_PERMUTATIONS[:1]
-    signs = (0, 255) if negpos else (0,)
-    offs, masks = [], []
-    for d in pix:
-        for perm in perms:
-            for s in signs:
-                offs.append((d[:, None] * 3 + perm[None, :]).ravel())
-                masks.append(s)
-    return np.array(offs), np.array(masks, dtype=np.uint8)
-
-
 def recover_blocks(plain: np.ndarray, cipher: np.ndarray, block: int, **variants: bool) -> KeyEstimate:
     """EtC from one pair: look every cipher block up among the plain blocks under every variant."""
     h, w, _ = plain.shape[1:]
@@ -144,11 +135,14 @@ def recover_blocks(plain: np.ndarray, cipher: np.ndarray, block: int, **variants
 
 
 # -- several pairs ----------------------------------------------------------------------------
-def recover_signatures(plain: np.ndarray, cipher: np.ndarray, nibbles: bool = False, op: str = "xor") -> KeyEstimate:
-    """Any gather-and-XOR (or, ``op="add"``, gather-and-add after a first difference) scheme from K ≥ 2 pairs."""
+def recover_signatures(plain: np.ndarray, cipher: np.ndarray, nibbles: bool = False,
+                       op: str = "xor") -> KeyEstimate:
+    """Any gather-and-XOR (or, ``op="add"``, gather-and-add after a first difference) scheme from K ≥ 2
+    pairs."""
     k = len(plain)
     if k < 2:
-        raise ValueError("the signature attack needs at least 2 known pairs (the mask cancels in their differences)")
+        raise ValueError("the signature attack needs at least 2 known pairs "
+                         "(the mask cancels in their differences)")
     p, c = plain.reshape(k, -1), cipher.reshape(k, -1)
     if op == "add":
         c = np.diff(c, axis=1, prepend=np.uint8(0))
@@ -169,7 +163,8 @@ def recover_signatures(plain: np.ndarray, cipher: np.ndarray, nibbles: bool = Fa
     found = sorted_p[idx] == key_c
     src = np.where(found, order[idx], np.arange(len(key_c)))
     mask = (c[0] - p[0, src]) if op == "add" else (c[0] ^ p[0, src])
-    return KeyEstimate("signature", plain.shape[1:], src, mask.astype(np.uint8), nibbles=nibbles, op=op, pairs=k)
+    return KeyEstimate("signature", plain.shape[1:], src, mask.astype(np.uint8), nibbles=nibbles, op=op,
+                       pairs=k)
 
 
 def _sub(p: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -183,7 +178,7 @@ def recover_chain(plain: np.ndarray, cipher: np.ndarray, full: bool) -> KeyEstim
     k, h, w, ch = plain.shape
     p, c = plain, cipher
     prev = np.concatenate([np.zeros((k, h, 1, ch), np.uint8), c[:, :, :-1]], axis=2)
-    t = c ^ prev                                                    # x ≥ 1: chained value (iv unknown at x = 0)
+    t = c ^ prev                                        # x ≥ 1: chained value (iv unknown at x = 0)
     s_all = np.arange(256, dtype=np.uint8)
     # model "sub": t == s ^ (p + s) for some s; model "id": t == p (full) or c == p (half)
     sub_ok = np.ones((h, w, ch, 256), bool)
@@ -208,11 +203,12 @@ def recover_chain(plain: np.ndarray, cipher: np.ndarray, full: bool) -> KeyEstim
     s_hat[:, 0] = np.where(first_sub, s_first, s_hat[:, 0])
     iv = np.where(first_sub, iv_sub, (id0[0] if full else 0)).astype(np.uint8)
     use_sub[:, 0] = first_sub
-    return KeyEstimate("chain", plain.shape[1:], chain={"s": s_hat, "use_sub": use_sub, "iv": iv, "full": full},
-                       pairs=k)
+    return KeyEstimate("chain", plain.shape[1:], pairs=k,
+                       chain={"s": s_hat, "use_sub": use_sub, "iv": iv, "full": full})
 
 
-def _chain_decrypt(c: np.ndarray, s: np.ndarray, use_sub: np.ndarray, iv: np.ndarray, full: bool) -> np.ndarray:
+def _chain_decrypt(c: np.ndarray, s: np.ndarray, use_sub: np.ndarray, iv: np.ndarray,
+                   full: bool) -> np.ndarray:
     n, h, w, ch = c.shape
     prev = np.concatenate([np.broadcast_to(iv[None, :, None], (n, h, 1, ch)), c[:, :, :-1]], axis=2)
     t = c ^ prev
@@ -221,51 +217,91 @@ def _chain_decrypt(c: np.ndarray, s: np.ndarray, use_sub: np.ndarray, iv: np.nda
     return np.where(use_sub, unsub, other).astype(np.uint8)
 
 
+# -- what each key form needs ------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Recovery:
+    """How one key form is recovered: the fewest pairs given on 32×32 images (the fewest that recover
+    nearly all of the key), the signature width in bits per value (None: a fixed number of pairs), and
+    the recovery itself, ``(info, plain pairs, cipher pairs) -> KeyEstimate``."""
+
+    pairs: int
+    signature_bits: int | None
+    recover: Callable[[SchemeInfo, np.ndarray, np.ndarray], KeyEstimate]
+
+
+RECOVERIES: dict[str, Recovery] = {
+    "xor": Recovery(1, None, lambda info, p, c: recover_xor(p[:1], c[:1])),
+    "pixel-colour-xor": Recovery(1, None, lambda info, p, c: recover_pixel_shuffle(p[:1], c[:1])),
+    "block-variants": Recovery(1, None, lambda info, p, c: recover_blocks(p[:1], c[:1], info.block_size,
+                                                                         **variant_flags(info))),
+    "byte-gather-xor": Recovery(3, 8, lambda info, p, c: recover_signatures(p, c)),
+    "nibble-gather-xor": Recovery(8, 4, lambda info, p, c: recover_signatures(p, c, nibbles=True)),
+    "byte-gather-cumsum": Recovery(3, 8, lambda info, p, c: recover_signatures(p, c, op="add")),
+    "row-chain": Recovery(4, None, lambda info, p, c: recover_chain(p, c, full=True)),
+    "row-chain-partial": Recovery(4, None, lambda info, p, c: recover_chain(p, c, full=False)),
+}
+"""Key form (``SchemeInfo.key_form``) -> its recovery; a scheme of another form has no known-plaintext
+attack here."""
+
+
+def _recovery(info: SchemeInfo) -> Recovery:
+    try:
+        return RECOVERIES[info.key_form]
+    except KeyError:
+        raise ValueError(f"no known-plaintext attack for scheme {info.name!r}: its key form "
+                         f"{info.key_form!r} is none of {', '.join(RECOVERIES)}") from None
+
+
+def pairs_needed(info: SchemeInfo, shape: tuple[int, int, int]) -> int:
+    """Pairs for the signature attack to single out positions: its K−1 differences must carry more
+    bits than log2(positions) (+6 bits of margin for flat regions); the fixed count otherwise."""
+    rec = _recovery(info)
+    if rec.signature_bits is None:
+        return rec.pairs
+    positions = int(np.prod(shape)) * (8 // rec.signature_bits)
+    return max(rec.pairs, 1 + math.ceil((np.log2(positions) + 6) / rec.signature_bits))
+
+
 # -- entry points -------------------------------------------------------------------------------
-def known_plaintext_attack(scheme, plain: np.ndarray, cipher: np.ndarray) -> KeyEstimate:
+def known_plaintext_attack(scheme: Scheme, plain: np.ndarray, cipher: np.ndarray) -> KeyEstimate:
     """Recover the effective key of ``scheme`` from known pairs (plain[i] encrypts to cipher[i]).
 
-    Uses the first pair alone where one suffices (PE, CPBE, EtC) and all pairs otherwise.
+    Uses the first pair alone where one suffices (key forms ``xor``, ``pixel-colour-xor``,
+    ``block-variants``) and all pairs otherwise.
     """
-    name, params = scheme.name, scheme.params
-    if name in ("pe", "cpbe", "plain"):
-        if name == "pe" and params.get("color_shuffle"):
-            return recover_pixel_shuffle(plain[:1], cipher[:1])
-        return recover_xor(plain[:1], cipher[:1])
-    if name == "etc":
-        return recover_blocks(plain[:1], cipher[:1], params["block_size"])
-    if name in ("le", "ele"):
-        return recover_signatures(plain, cipher, nibbles=True)
-    if name == "block-shuffle":
-        return recover_signatures(plain, cipher)
-    if name == "catmap":
-        return recover_signatures(plain, cipher, op="add")
-    if name == "ahmad-diffusion":
-        return recover_chain(plain, cipher, full=params["ratio"] == 1.0)
-    raise ValueError(f"no known-plaintext attack for scheme {name!r}")
+    return _recovery(scheme.info).recover(scheme.info, plain, cipher)
 
 
-PAIRS_NEEDED = {"pe": 1, "cpbe": 1, "plain": 1, "etc": 1, "block-shuffle": 3, "le": 8, "ele": 8,
-                "catmap": 3, "ahmad-diffusion": 4}
-"""Known pairs each attack is given on 32×32 images (the fewest that recover nearly all of the key)."""
-
-
-def pairs_needed(name: str, shape: tuple[int, int, int]) -> int:
-    """Pairs for the signature attack to single out positions: its K−1 differences must carry more
-    bits than log2(positions) (+6 bits of margin for flat regions); one pair where one suffices."""
-    base = PAIRS_NEEDED[name]
-    if name not in ("block-shuffle", "le", "ele", "catmap"):
-        return base
-    positions = int(np.prod(shape)) * (2 if name in ("le", "ele") else 1)
-    bits = 4 if name in ("le", "ele") else 8
-    return max(base, 1 + int(np.ceil((np.log2(positions) + 6) / bits)))
-
-
-def chosen_plaintext_attack(scheme, encrypt: Callable[[np.ndarray], np.ndarray],
+def chosen_plaintext_attack(scheme: Scheme, encrypt: Callable[[np.ndarray], np.ndarray],
                             shape: tuple[int, int, int]) -> KeyEstimate:
-    """CPBE's weakness (Ahmad & Shin): encrypt a blank image and read the keystream off it."""
-    if scheme.name not in ("cpbe", "pe"):
-        raise ValueError(f"no chosen-plaintext shortcut for {scheme.name!r}; use known_plaintext_attack")
+    """An XOR-only scheme's weakness (Ahmad & Shin on CPBE): encrypt a blank image and read the mask
+    off it."""
+    if scheme.info.key_form != "xor":
+        raise ValueError(f"no chosen-plaintext shortcut for {scheme.name!r} (key form "
+                         f"{scheme.info.key_form!r}, not xor); use known_plaintext_attack")
     blank = np.zeros((1, *shape), np.uint8)
     c = encrypt(blank)
     return KeyEstimate("blank-image", shape, np.arange(c.size), c.reshape(-1).copy())
+
+
+def _run_known(target: Target) -> Outcome:
+    info, shape = target.scheme.info, target.cipher.shape[1:]
+    k = pairs_needed(info, shape)
+    if len(target.known) < k:
+        return Outcome(skipped=f"needs {k} known pairs, the adversary holds {len(target.known)} images")
+    pairs = target.known[:k]
+    est = known_plaintext_attack(target.scheme, pairs, target.owner_encrypt(pairs))
+    return Outcome(est.decrypt(target.cipher), notes={"pairs": k, "method": est.method}, key=est)
+
+
+def _run_chosen(target: Target) -> Outcome:
+    est = chosen_plaintext_attack(target.scheme, target.owner_encrypt, target.cipher.shape[1:])
+    return Outcome(est.decrypt(target.cipher), notes={"pairs": 1, "method": est.method})
+
+
+KNOWN_PLAINTEXT = Attack(
+    "known-plaintext", "known-plaintext", "effective key from known pairs",
+    applies_to=lambda info: changes_the_image(info) and info.key_form in RECOVERIES, run=_run_known)
+CHOSEN_PLAINTEXT = Attack(
+    "chosen-plaintext", "chosen-plaintext", "blank image reveals an XOR mask",
+    applies_to=lambda info: changes_the_image(info) and info.key_form == "xor", run=_run_chosen)

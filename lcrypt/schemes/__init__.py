@@ -1,4 +1,7 @@
-"""The scheme registry: ``get_scheme(name, **params)`` and ``list_schemes()``, one module per scheme.
+"""The scheme registry: ``get_scheme(name, **params)``, ``list_schemes()`` and ``register_scheme(cls)``.
+
+One module per scheme here; a scheme defined elsewhere joins with ``register_scheme`` (its
+:class:`SchemeInfo` declares what it does, so the attacks of ``lcrypt evaluate`` know which apply).
 
 | name              | module             | paper                                         |
 |-------------------|--------------------|-----------------------------------------------|
@@ -38,6 +41,19 @@ def list_schemes() -> list[str]:
     return list(_SCHEMES)
 
 
+def register_scheme(cls: type[Scheme]) -> type[Scheme]:
+    """Add a :class:`Scheme` subclass under its ``name`` (usable as a class decorator). A name already
+    registered is refused: two schemes under one name would make ciphertexts ambiguous."""
+    named = isinstance(getattr(cls, "name", None), str)
+    if not (isinstance(cls, type) and issubclass(cls, Scheme) and named):
+        raise TypeError(f"register_scheme takes a Scheme subclass with a name, got {cls!r}")
+    if cls.name in _SCHEMES:
+        raise ValueError(f"scheme name {cls.name!r} is already registered ({_SCHEMES[cls.name].__name__}); "
+                         "choose another name")
+    _SCHEMES[cls.name] = cls
+    return cls
+
+
 def get_scheme(name: str, **params: Any) -> Scheme:
     """A scheme object by registry name, e.g. ``get_scheme("etc", block_size=16)``."""
     try:
@@ -47,4 +63,4 @@ def get_scheme(name: str, **params: Any) -> Scheme:
     return cls(**params)
 
 
-__all__ = ["Scheme", "SchemeInfo", "get_scheme", "list_schemes"]
+__all__ = ["Scheme", "SchemeInfo", "get_scheme", "list_schemes", "register_scheme"]

@@ -81,6 +81,8 @@ class AhmadDiffusion(Scheme):
             block_size=None, invertible=True, lossless=True, jpeg_subsamplings=(),
             key_space=lambda h, w: CHAOS_KEY_BITS + 3 * h * w,
             augmentations=("mixup", "cutmix"), aug_grid=1,
+            steps=("keystream-substitution", "chained-diffusion"),
+            key_form="row-chain" if ratio == 1.0 else "row-chain-partial",
         )
 
     def build(self, key: Key, shape: tuple[int, int, int]) -> _Chain:

@@ -20,6 +20,40 @@ from lcrypt.keys import Key
 AUGMENTATIONS = ("hflip", "vflip", "translate", "mixup", "cutmix")
 JPEG_MCU = {"444": 8, "422": 16, "420": 16}  # square-block alignment needed per chroma subsampling
 
+STEPS = {
+    "block-scramble": "whole blocks move to other positions",
+    "block-rotation": "each block is rotated or flipped (one of the 8 symmetries of a square)",
+    "block-negative-positive": "every value of a block becomes v or 255 - v, one choice per block",
+    "block-colour-shuffle": "the colour components are permuted, one order per block",
+    "pixel-negative-positive": "each value becomes v or 255 - v, one choice per value",
+    "pixel-colour-shuffle": "the colour components are permuted, one order per pixel",
+    "pixel-shuffle-in-block": "pixels move inside every block, by one permutation shared by all blocks",
+    "nibble-reversal": "key-selected 4-bit halves of the values become 15 - v",
+    "nibble-shuffle": "the 4-bit halves of a block's values are shuffled",
+    "keystream-xor": "values are XORed with a key-derived keystream",
+    "keystream-substitution": "values are substituted with a keystream byte s: s ^ ((p + s) mod 256)",
+    "image-permutation": "pixels move across the whole image",
+    "chained-diffusion": "each value depends on the cipher values before it",
+}
+"""What a scheme may declare it does (``SchemeInfo.steps``): the attacks decide from these whether they
+apply (a jigsaw solver needs whole blocks moved and nothing inside them changed but its variants)."""
+
+KEY_FORMS = {
+    "xor": "c = p ^ m: every value keeps its place and is XORed with a fixed mask",
+    "pixel-colour-xor": "each pixel keeps its place; its colour components are permuted and XORed with 0 "
+                        "or 255",
+    "block-variants": "whole blocks move, each under one rotation/flip, sign and colour order (as the steps "
+                      "say)",
+    "byte-gather-xor": "c[t] = p[src[t]] ^ m[t] over the bytes",
+    "nibble-gather-xor": "c[t] = p[src[t]] ^ m[t] over the 4-bit halves of the bytes",
+    "byte-gather-cumsum": "c = cumsum(p[src] + m) mod 256 in raster order: a first difference undoes the "
+                          "chain",
+    "row-chain": "c_x = f_x(p_x) ^ c_(x-1) along each row, f_x the identity or a keystream substitution",
+    "row-chain-partial": "as row-chain, but where f_x is the identity c_x = p_x, outside the chain",
+}
+"""The structure of a scheme's effective key for a fixed key and image shape (``SchemeInfo.key_form``):
+what a known-plaintext attack recovers, and so how it recovers it. None when it is none of these."""
+
 
 @dataclasses.dataclass(frozen=True)
 class SchemeInfo:
@@ -35,7 +69,18 @@ class SchemeInfo:
     key_space: Callable[[int, int], float]  # (height, width) -> log2 of the key space, as the paper counts
     augmentations: tuple[str, ...]  # server-side augmentations that keep the key's pattern aligned
     aug_grid: int  # geometric augmentations move whole cells of this many pixels (block size or 1)
+    steps: tuple[str, ...]  # what it does, from STEPS; () = changes nothing (the identity)
+    key_form: str | None  # its effective key's structure, from KEY_FORMS; None = none of them
     channels: int = 3
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.steps if s not in STEPS]
+        if unknown:
+            raise ValueError(f"scheme {self.name!r} declares unknown steps {unknown}; "
+                             f"steps are: {', '.join(STEPS)}")
+        if self.key_form is not None and self.key_form not in KEY_FORMS:
+            raise ValueError(f"scheme {self.name!r} declares unknown key_form {self.key_form!r}; "
+                             f"key forms are: {', '.join(KEY_FORMS)} (or None)")
 
     @property
     def jpeg_compatible(self) -> bool:

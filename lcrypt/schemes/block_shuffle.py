@@ -28,6 +28,7 @@ class BlockShuffle(Scheme):
             block_size=m, invertible=True, lossless=True, jpeg_subsamplings=(),
             key_space=lambda h, w: log2_factorial(m * m),
             augmentations=("hflip", "vflip", "translate", "mixup", "cutmix"), aug_grid=m,
+            steps=("pixel-shuffle-in-block",), key_form="byte-gather-xor",
         )
 
     def build(self, key: Key, shape: tuple[int, int, int]) -> IndexMap:

@@ -71,6 +71,7 @@ class CatMap(Scheme):
             key_space=lambda h, w: ROUNDS * (2 * math.log2(max(h - 1, 1)) + math.log2(MAX_ITERATIONS))
             + 8 * h * w * 3,
             augmentations=("mixup", "cutmix"), aug_grid=1,
+            steps=("image-permutation", "chained-diffusion"), key_form="byte-gather-cumsum",
         )
 
     def check(self, images: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ class CPBE(Scheme):
             block_size=None, invertible=True, lossless=True, jpeg_subsamplings=(),
             key_space=lambda h, w: CHAOS_KEY_BITS + (3 * h * w if ratio < 1 else 0),
             augmentations=("mixup", "cutmix"), aug_grid=1,
+            steps=("keystream-xor",), key_form="xor",
         )
 
     def build(self, key: Key, shape: tuple[int, int, int]) -> IndexMap:

@@ -34,6 +34,7 @@ class ELE(Scheme):
             key_space=lambda h, w: log2_factorial((h // m) * (w // m))
             + (h // m) * (w // m) * (log2_factorial(n) + n),
             augmentations=("mixup", "cutmix"), aug_grid=m,
+            steps=("block-scramble", "nibble-reversal", "nibble-shuffle"), key_form="nibble-gather-xor",
         )
 
     def build(self, key: Key, shape: tuple[int, int, int]) -> IndexMap:

@@ -45,6 +45,8 @@ class EtC(Scheme):
             block_size=b, invertible=True, lossless=True, jpeg_subsamplings=jpeg_subsamplings_for(b),
             key_space=lambda h, w: log2_factorial((h // b) * (w // b)) + (h // b) * (w // b) * per_block,
             augmentations=("mixup", "cutmix"), aug_grid=b,
+            steps=("block-scramble", "block-rotation", "block-negative-positive", "block-colour-shuffle"),
+            key_form="block-variants",
         )
 
     def build(self, key: Key, shape: tuple[int, int, int]) -> IndexMap:

@@ -48,6 +48,7 @@ class LE(Scheme):
             block_size=m, invertible=True, lossless=True, jpeg_subsamplings=(),
             key_space=lambda h, w: log2_factorial(n) + n,
             augmentations=("hflip", "vflip", "translate", "mixup", "cutmix"), aug_grid=m,
+            steps=("nibble-reversal", "nibble-shuffle"), key_form="nibble-gather-xor",
         )
 
     def build(self, key: Key, shape: tuple[int, int, int]) -> IndexMap:

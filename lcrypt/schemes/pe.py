@@ -40,6 +40,8 @@ class PE(Scheme):
             block_size=None, invertible=True, lossless=True, jpeg_subsamplings=(),
             key_space=lambda h, w: h * w * (3 + (math.log2(6) if shuffle else 0.0)),
             augmentations=AUGMENTATIONS, aug_grid=1,
+            steps=("pixel-negative-positive",) + (("pixel-colour-shuffle",) if shuffle else ()),
+            key_form="pixel-colour-xor" if shuffle else "xor",
         )
 
     def build(self, key: Key, shape: tuple[int, int, int]) -> IndexMap:

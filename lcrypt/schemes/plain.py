@@ -25,6 +25,7 @@ class Plain(Scheme):
             name=self.name, paper="-", summary="identity (no encryption), for baselines",
             block_size=None, invertible=True, lossless=True, jpeg_subsamplings=tuple(JPEG_MCU),
             key_space=lambda h, w: 0.0, augmentations=AUGMENTATIONS, aug_grid=1,
+            steps=(), key_form="xor",
         )
 
     def build(self, key: Key, shape: tuple[int, int, int]) -> _Identity:
