@@ -209,7 +209,7 @@ def param_digest(model: nn.Module) -> str:
 
 # -- data ---------------------------------------------------------------------------------------------
 def build_data(args, manifest_path: str, rank: int, world: int, device: torch.device, key_ids):
-    from loaders.dataset import make_loader
+    from loaders.torch_dataset import make_loader
     from loaders.gpu import GPUResident
 
     test = None
