@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     from lcrypt import Key, shards, storage
     from lcrypt.manifest import Manifest
     from lcrypt.table import format_table
-    from loaders.dataset import make_loader, resolve_shard
+    from loaders.dataset import resolve_shard
+    from loaders.torch_dataset import make_loader
     from pipelines.prepare import run as prepare
 
     torch.set_num_threads(1)

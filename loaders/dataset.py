@@ -221,11 +221,12 @@ def decode_batch(records: list[shards.Record], shape: Sequence[int] | None = Non
 
 
 class ShardDataset:
-    """An ``IterableDataset`` of uint8 batches of one split, planned per rank and worker.
+    """Uint8 batches of one split, planned per rank and worker.
 
-    Use with ``torch.utils.data.DataLoader(ds, batch_size=None, num_workers=W)`` (see
-    :func:`make_loader`). Call :meth:`set_epoch` before each epoch (and with ``start_step`` to resume
-    mid-epoch); ``len(ds)`` is the number of batches this rank yields, equal on every rank.
+    Under torch's DataLoader use :class:`loaders.torch_dataset.TorchShardDataset` (see
+    :func:`loaders.torch_dataset.make_loader`). Call :meth:`set_epoch` before each epoch (and with
+    ``start_step`` to resume mid-epoch); ``len(ds)`` is the number of batches this rank yields, equal on
+    every rank.
     """
 
     def __init__(self, manifest: str | os.PathLike, split: str = "train", batch_size: int = 128,
@@ -327,40 +328,3 @@ class ShardDataset:
                         yield next(its[w])
                     except StopIteration:
                         live.discard(w)
-
-
-def keep_batch(batch: dict[str, Any]) -> dict[str, Any]:
-    """DataLoader's ``collate_fn``: batches leave ShardDataset as tensors already.
-
-    Why not torch's default (``default_convert``): it walks every batch recursively, one call per
-    sample key, which cost ~3 us an image, a tenth of a worker's time on 32x32 JPEGs.
-    """
-    return batch
-
-
-def make_loader(manifest: str | os.PathLike, split: str, batch_size: int, *, rank: int = 0, world: int = 1,
-                num_workers: int = 0, pin_memory: bool = False, **kwargs: Any):
-    """``(DataLoader, dataset)`` over :class:`ShardDataset` with batches made inside the workers.
-
-    Workers start from a forkserver, not by forking the training process: under DDP that process
-    runs gloo/NCCL and DataLoader threads, and a fork taken while one of them holds a lock can leave
-    the child stuck forever (seen: an evaluation worker hung at start, its rank waited for it and the
-    other rank in all_reduce). The server preloads torch and this package, so a worker does not import
-    them again; workers are still made per epoch (not persistent), so each sees
-    :meth:`ShardDataset.set_epoch`.
-    """
-    import multiprocessing
-
-    import torch.utils.data
-
-    from loaders.torch_dataset import TorchShardDataset
-
-    ds = TorchShardDataset(manifest, split, batch_size, rank=rank, world=world, num_workers=num_workers, **kwargs)
-    context = None
-    if num_workers:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["torch", "loaders.torch_dataset"])
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                                         collate_fn=keep_batch, prefetch_factor=4 if num_workers else None,
-                                         persistent_workers=False, multiprocessing_context=context)
-    return loader, ds

@@ -1,7 +1,7 @@
 """GPU-resident mode: read a split's shards once, keep the uint8 images on the device, batch there.
 
-Why: a patch-1 ConvMixer or a CIFAR ResNet-18 on an H100 consumes tens of thousands of images per
-second; per-image tar streaming and decoding on CPU cannot feed that, and CIFAR-10 is only 184 MB as
+Why: a small model such as a CIFAR ResNet-18 trains on a GPU faster than per-image tar streaming and
+decoding on CPU can feed it (docs/benchmarks.md, "Training on GPU"), and CIFAR-10 is only 184 MB as
 uint8 (Imagenette at 224 about 1.4 GB). The airbench recipe: the whole dataset lives on the GPU and an
 epoch is an index permutation. Every rank holds all images and draws the same permutation, seeded by
 (seed, epoch), then takes its own equal slice, so ranks stay disjoint and in step (same batch count)

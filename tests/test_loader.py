@@ -15,8 +15,9 @@ from lcrypt import Key, get_scheme, shards
 from lcrypt.manifest import Manifest
 from loaders import plan as planning
 from loaders.augment import AugmentConfig, EncryptedAugment, grid_flip, grid_translate, normalize
-from loaders.dataset import KeyMismatchError, ShardDataset, make_loader, shuffle_buffer
+from loaders.dataset import KeyMismatchError, ShardDataset, shuffle_buffer
 from loaders.gpu import GPUResident, read_split
+from loaders.torch_dataset import make_loader
 
 CLASSES = ("red", "green", "blue")
 

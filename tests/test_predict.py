@@ -12,8 +12,8 @@ from tests.test_loader import make_dataset
 
 
 def test_predict_encrypts_like_the_pipeline_and_classifies(tmp_path, capsys):
+    from training.checkpoint import load_checkpoint
     from training.predict import PredictError, classify, encrypt_for, load_model, run
-    from training.train import load_checkpoint
     from training.train import run as train
 
     data, key = make_dataset(tmp_path, scheme="pe", per_class={"train": 8, "test": 2})

@@ -13,8 +13,8 @@ from lcrypt import storage
 from lcrypt.manifest import Manifest, ManifestError, read_index
 from lcrypt.verify import main as verify_main
 from lcrypt.verify import verify
-from loaders.dataset import make_loader
 from loaders.gpu import read_split
+from loaders.torch_dataset import make_loader
 from tests.test_loader import make_dataset
 
 fsspec = pytest.importorskip("fsspec")

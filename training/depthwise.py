@@ -1,8 +1,8 @@
 """ConvMixer's depthwise convolution three ways: PyTorch's kernels, FFT products, or a Triton kernel.
 
-A patch-1 ConvMixer-256/8 with 9×9 kernels spends most of its GPU step in the depthwise convolution:
-PyTorch's kernels trained it at 1,650 img/s on an H100 (docs/benchmarks.md, "Training on GPU"), against
-10–25k the pointwise layers would allow. Both replacements keep the ``nn.Conv2d``'s ``weight`` (C, 1, k, k)
+A patch-1 ConvMixer-256/8 with 9×9 kernels spends most of its GPU step in the depthwise convolution,
+where PyTorch's kernels are far slower than the pointwise layers (figures: docs/benchmarks.md, "Training
+on GPU"). Both replacements keep the ``nn.Conv2d``'s ``weight`` (C, 1, k, k)
 and ``bias`` (C,), so state dicts load either way and a checkpoint trained with one runs with another:
 
 * :class:`FFTDepthwiseConv2d` — a product of spectra; its cost does not grow with the kernel.
@@ -84,19 +84,21 @@ class TritonDepthwiseConv2d(_DepthwiseParams):
     Accumulates in float32 and returns the input's dtype.
     """
 
-    def __init__(self, channels: int, kernel_size: int, bias: bool = True, block_p: int = 64, block_c: int = 32,
-                 wgrad_block_p: int = 256):
+    def __init__(self, channels: int, kernel_size: int, bias: bool = True, block_p: int = 64,
+                 block_c: int = 32, wgrad_block_p: int = 256):
         super().__init__(channels, kernel_size, bias)
         self.block_p, self.block_c, self.wgrad_block_p = block_p, block_c, wgrad_block_p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda or (os.environ.get("TRITON_INTERPRET") == "1"):
-            return _TritonDepthwise.apply(x, self.weight, self.bias, (self.block_p, self.block_c, self.wgrad_block_p))
+            blocks = (self.block_p, self.block_c, self.wgrad_block_p)
+            return _TritonDepthwise.apply(x, self.weight, self.bias, blocks)
         return F.conv2d(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype),
                         padding=self.kernel_size // 2, groups=x.shape[1])
 
 
 IMPLEMENTATIONS = {"fft": FFTDepthwiseConv2d, "triton": TritonDepthwiseConv2d}
+CHOICES = ("direct", *IMPLEMENTATIONS)  # "direct" keeps PyTorch's nn.Conv2d
 
 
 def replace_depthwise(model: nn.Module, impl: str) -> nn.Module:
@@ -104,7 +106,7 @@ def replace_depthwise(model: nn.Module, impl: str) -> nn.Module:
     if impl == "direct":
         return model
     if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown depthwise implementation {impl!r}; choose direct, {', '.join(IMPLEMENTATIONS)}")
+        raise ValueError(f"unknown depthwise implementation {impl!r}; choose {', '.join(CHOICES)}")
     for name, child in model.named_children():
         if is_same_depthwise(child):
             setattr(model, name, IMPLEMENTATIONS[impl].from_conv(child))
@@ -132,14 +134,15 @@ class _TritonDepthwise(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = depthwise_conv(g, weight, None, flip=True, block_p=block_p, block_c=block_c)
         if ctx.needs_input_grad[1]:
-            gw = depthwise_weight_grad(x, g, weight.shape[-1], block_p=wgrad_block_p, block_c=block_c).to(weight.dtype)
+            gw = depthwise_weight_grad(x, g, weight.shape[-1], block_p=wgrad_block_p, block_c=block_c)
+            gw = gw.to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.float().sum((0, 2, 3)).to(weight.dtype)
         return gx, gw, gb, None
 
 
-def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, flip: bool = False,
-                   block_p: int = 64, block_c: int = 32) -> torch.Tensor:
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   flip: bool = False, block_p: int = 64, block_c: int = 32) -> torch.Tensor:
     """y = depthwise 'same' convolution of x (B, C, H, W) with weight (C, 1, k, k) (flipped: the input
     gradient's), in x's dtype and memory layout."""
     from training.depthwise_kernels import conv_kernel  # imports Triton: only when a Triton layer runs
@@ -147,11 +150,13 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     b, c, h, w = x.shape
     k = weight.shape[-1]
     y = torch.empty_like(x)
-    wt = weight.detach().reshape(c, k * k).t().float().contiguous()  # (k², C): one tap's weights are contiguous
+    # (k², C): one tap's weights are contiguous
+    wt = weight.detach().reshape(c, k * k).t().float().contiguous()
     bt = bias.detach().float().contiguous() if bias is not None else wt  # unread when HAS_BIAS is False
     grid = (_cdiv(h * w, block_p), _cdiv(c, block_c), b)
-    conv_kernel[grid](x, wt, bt, y, c, h, w, *x.stride(), *y.stride(), K=k, FLIP=flip, HAS_BIAS=bias is not None,
-                      BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_warps(block_p * block_c))
+    conv_kernel[grid](x, wt, bt, y, c, h, w, *x.stride(), *y.stride(), K=k, FLIP=flip,
+                      HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c,
+                      num_warps=_warps(block_p * block_c))
     return y
 
 
@@ -166,8 +171,8 @@ def depthwise_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, block_p: int
     tiles = _cdiv(h * w, block_p)
     partial = torch.empty(b * tiles, k * k, c, device=x.device, dtype=torch.float32)
     grid = (tiles, _cdiv(c, block_c), b)
-    weight_grad_kernel[grid](x, g, partial, c, h, w, *x.stride(), *g.stride(), K=k, BLOCK_P=block_p, BLOCK_C=block_c,
-                             num_warps=_warps(block_p * block_c))
+    weight_grad_kernel[grid](x, g, partial, c, h, w, *x.stride(), *g.stride(), K=k, BLOCK_P=block_p,
+                             BLOCK_C=block_c, num_warps=_warps(block_p * block_c))
     return partial.sum(0).t().reshape(c, 1, k, k)
 
 

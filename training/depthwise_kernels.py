@@ -14,7 +14,8 @@ def shifted_tile(x_img, oh, ow, pmask, cmask, H, W, sxh, sxw, di, dj):
     """x[h + di, w + dj] for the tile's positions (zero outside the image), as float32."""
     ih, iw = oh + di, ow + dj
     m = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    return tl.load(x_img + (ih * sxh + iw * sxw)[:, None], mask=m[:, None] & cmask[None, :], other=0).to(tl.float32)
+    tile = tl.load(x_img + (ih * sxh + iw * sxw)[:, None], mask=m[:, None] & cmask[None, :], other=0)
+    return tile.to(tl.float32)
 
 
 @triton.jit

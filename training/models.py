@@ -12,10 +12,15 @@
 * ``resnet18`` — timm's ResNet-18 with a CIFAR stem (3×3 stride-1 first conv, no max-pool) for small
   images, as in Sirichotedumrong et al.;
 * ``adapt="pe"`` / ``adapt="block"`` put :mod:`training.adaptation`'s networks in front of any of them.
+
+Two registries, one definition of each name: backbones (:data:`MODELS`) and adaptation networks
+(:data:`ADAPTATIONS`). ``training.train``'s ``--model`` / ``--adapt`` choices, its error lines
+and ``--resume``'s architecture check read them, so a name is added in one place.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from torch import nn
@@ -23,30 +28,50 @@ from torch import nn
 from training.adaptation import Adapted, BlockAdaptation, PEAdaptation
 from training.depthwise import replace_depthwise
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+class Registry:
+    """Builders by name, each added with the ``@registry.register(name)`` decorator."""
+
+    def __init__(self) -> None:
+        self.builders: dict[str, Callable[..., nn.Module]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+        def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+            self.builders[name] = fn
+            return fn
+        return deco
 
 
-def register(name: str):
-    def deco(fn):
-        _MODELS[name] = fn
-        return fn
-    return deco
+MODELS = Registry()  # fn(num_classes, image_size, block_size, **options) -> backbone
+ADAPTATIONS = Registry()  # fn(block_size) -> network from 3 channels to 3 at the same resolution
+NO_ADAPTATION = "none"
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    """The names ``--model`` and :func:`create_model` accept."""
+    return sorted(MODELS.builders)
 
 
-@register("convmixer")
+def list_adaptations() -> list[str]:
+    """The names ``--adapt`` and :func:`create_model` accept, ``none`` first."""
+    return [NO_ADAPTATION, *ADAPTATIONS.builders]
+
+
+def _unknown_model(name: str) -> ValueError:
+    return ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+
+
+@MODELS.register("convmixer")
 def convmixer(num_classes: int, image_size: int, block_size: int | None = None, width: int = 256,
-              depth: int = 8, patch: int = 1, kernel: int = 9, depthwise: str = "direct", **_: Any) -> nn.Module:
+              depth: int = 8, patch: int = 1, kernel: int = 9, depthwise: str = "direct", **_: Any
+              ) -> nn.Module:
     from timm.models.convmixer import ConvMixer
 
     model = ConvMixer(dim=width, depth=depth, kernel_size=kernel, patch_size=patch, num_classes=num_classes)
     return replace_depthwise(model, depthwise)
 
 
-@register("vit")
+@MODELS.register("vit")
 def vit(num_classes: int, image_size: int, block_size: int | None = None, width: int = 192, depth: int = 6,
         patch: int | None = None, heads: int | None = None, **_: Any) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
@@ -58,7 +83,7 @@ def vit(num_classes: int, image_size: int, block_size: int | None = None, width:
                              num_heads=heads or max(1, width // 64), num_classes=num_classes)
 
 
-@register("resnet18")
+@MODELS.register("resnet18")
 def resnet18(num_classes: int, image_size: int, block_size: int | None = None, **_: Any) -> nn.Module:
     import timm
 
@@ -67,6 +92,18 @@ def resnet18(num_classes: int, image_size: int, block_size: int | None = None, *
         model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     return model
+
+
+@ADAPTATIONS.register("pe")
+def pe_adaptation(block_size: int | None) -> nn.Module:
+    return PEAdaptation()
+
+
+@ADAPTATIONS.register("block")
+def block_adaptation(block_size: int | None) -> nn.Module:
+    if not block_size:
+        raise ValueError("--adapt block needs a block-wise scheme (the manifest's block size is empty)")
+    return BlockAdaptation(block_size)
 
 
 ARCHITECTURE_FIELDS = ("width", "depth", "patch", "kernel")
@@ -79,12 +116,10 @@ def architecture(name: str, adapt: str | None = None, **kwargs: Any) -> dict[str
     ``--resume`` compares this between a checkpoint and the run (how the depthwise convolutions are
     computed is left out: it does not change the weights).
     """
-    import inspect
-
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
-    params = inspect.signature(_MODELS[name]).parameters
-    out: dict[str, Any] = {"name": name, "adapt": adapt or "none"}
+    if name not in MODELS.builders:
+        raise _unknown_model(name)
+    params = inspect.signature(MODELS.builders[name]).parameters
+    out: dict[str, Any] = {"name": name, "adapt": adapt or NO_ADAPTATION}
     for field in ARCHITECTURE_FIELDS:
         if field in params:
             given = kwargs.get(field)
@@ -95,16 +130,14 @@ def architecture(name: str, adapt: str | None = None, **kwargs: Any) -> dict[str
 def create_model(name: str, num_classes: int, image_size: int, block_size: int | None = None,
                  adapt: str | None = None, **kwargs: Any) -> nn.Module:
     """Build ``name`` for ``num_classes`` and square ``image_size``, with an optional adaptation network."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    if name not in MODELS.builders:
+        raise _unknown_model(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    backbone = _MODELS[name](num_classes=num_classes, image_size=image_size, block_size=block_size, **kwargs)
-    if adapt in (None, "", "none"):
+    backbone = MODELS.builders[name](num_classes=num_classes, image_size=image_size, block_size=block_size,
+                                     **kwargs)
+    if adapt in (None, "", NO_ADAPTATION):
         return backbone
-    if adapt == "pe":
-        return Adapted(PEAdaptation(), backbone)
-    if adapt == "block":
-        if not block_size:
-            raise ValueError("--adapt block needs a block-wise scheme (the manifest's block size is empty)")
-        return Adapted(BlockAdaptation(block_size), backbone)
-    raise ValueError(f"unknown adaptation {adapt!r}; choose none, pe or block")
+    if adapt not in ADAPTATIONS.builders:
+        *first, last = list_adaptations()
+        raise ValueError(f"unknown adaptation {adapt!r}; choose {', '.join(first)} or {last}")
+    return Adapted(ADAPTATIONS.builders[adapt](block_size), backbone)

@@ -18,6 +18,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from training.checkpoint import read_checkpoint
+from training.errors import first_line
+
 
 class PredictError(ValueError):
     pass
@@ -26,7 +29,6 @@ class PredictError(ValueError):
 def load_model(checkpoint: dict):
     """Rebuild the trained model (EMA weights when present) from a weights-only checkpoint."""
     from training.models import create_model
-    from training.train import first_line
 
     cfg = dict(checkpoint["model_config"])
     name, adapt = cfg.pop("name"), cfg.pop("adapt", "none")
@@ -46,8 +48,9 @@ def encrypt_for(checkpoint: dict, images: np.ndarray, key) -> np.ndarray:
     from lcrypt import get_scheme
 
     if key.key_id not in checkpoint["key_ids"]:
-        raise PredictError(f"key {key.key_id} is not one this model was trained with ({checkpoint['key_ids']}); "
-                           "use the data owner's key file that encrypted the training set")
+        raise PredictError(f"key {key.key_id} is not one this model was trained with "
+                           f"({checkpoint['key_ids']}); use the data owner's key file that encrypted the "
+                           "training set")
     return get_scheme(checkpoint["scheme"], **checkpoint["scheme_params"]).encrypt(images, key)
 
 
@@ -82,7 +85,6 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from lcrypt.keys import Key
     from lcrypt.table import format_table
-    from training.train import first_line, read_checkpoint
 
     if args.top < 1:
         print(f"training.predict: error: --top {args.top} is out of range: it must be at least 1",

@@ -425,7 +425,8 @@ def test_second_run_into_a_busy_out_is_refused_naming_the_first(data, tmp_path, 
 
 
 def test_lock_is_taken_over_from_a_dead_run_and_released(tmp_path):
-    from training.train import OutLock, TrainError
+    from training.errors import TrainError
+    from training.outdir import OutLock
 
     out = tmp_path / "out"
     out.mkdir()
@@ -445,7 +446,7 @@ def test_lock_is_taken_over_from_a_dead_run_and_released(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_into_a_busy_out_stops_every_rank(data, tmp_path):
-    from training.train import OutLock
+    from training.outdir import OutLock
 
     out = tmp_path / "out"
     lock = OutLock(out)
