@@ -112,10 +112,7 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
         names = p | "DeclaredClasses" >> beam.Create([class_names])
     else:
         # One combine (partial sets in the read stage, one merge): a Distinct + ToList chain cost two more stages.
-        names = (chunks
-                 | "ClassNamesOfChunk" >> beam.Map(lambda ch: {r.class_name for r in ch
-                                                               if r.class_name and not r.layout_error})
-                 | "AllClasses" >> beam.CombineGlobally(ClassNamesFn()))
+        names = chunks | "AllClasses" >> beam.CombineGlobally(ClassNamesFn())
     # Per-record rejections, decoder isolation and per-record retries of a failed chunk happen inside
     # EncryptChunkFn; Beam's dead-letter output is the backstop for anything that still escapes a chunk.
     # threshold=1.0: the reject-rate check is per record, in Finalize (--max-reject-rate).
@@ -149,8 +146,8 @@ PROBE_MAJORITY = 0.9  # the sampled images that must share one size for it to be
 def probe_size(source) -> tuple[tuple[int, int], str]:
     """The dataset's image size from a sample of its images, and a line saying how it was decided.
 
-    The source chooses the sample (lcrypt.sources.base.Source.sample_records: folder trees evenly across
-    their files, other sources their first records). One size must hold for at least 90 % of the sample: the others are rejected later as ``wrong_size``
+    Folder trees are sampled evenly across their files, other sources from their first records. One
+    size must hold for at least 90 % of the sample: the others are rejected later as ``wrong_size``
     (an odd image that sorts first no longer decides for all); otherwise refuse, listing the sizes.
     """
     from collections import Counter

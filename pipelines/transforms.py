@@ -268,13 +268,14 @@ def label_of(r: Record, index: dict[str, int] | None) -> int | str:
 
 
 class ClassNamesFn(beam.CombineFn):
-    """Sets of class names -> the dataset's class list (lcrypt.sources.base.classes_from_names: sorted, stable)."""
+    """Chunks of records -> the dataset's class list: the class names of the records not rejected
+    (lcrypt.sources.base.classes_from_names: sorted, stable)."""
 
     def create_accumulator(self) -> set:
         return set()
 
-    def add_input(self, acc: set, names: set) -> set:
-        acc |= names
+    def add_input(self, acc: set, chunk: list[Record]) -> set:
+        acc.update(r.class_name for r in chunk if r.class_name and not r.layout_error)
         return acc
 
     def merge_accumulators(self, accs) -> set:
