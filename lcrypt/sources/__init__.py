@@ -81,7 +81,7 @@ def open_source(spec: str, remote: Storage | None = None, **options: Any) -> Sou
     store = storage_for(path, remote)
     if not store.exists(path):
         raise FileNotFoundError(f"source {path!r} does not exist")
-    cls = KINDS[kind or detect_kind(path, store)]
+    cls = get_source_kind(kind or detect_kind(path, store))
     options = {k: v for k, v in options.items() if v is not None}
     if not issubclass(cls, TreeSource) and options.get("layout", "auto") != "auto":
         check_layout(options["layout"])

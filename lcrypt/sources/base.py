@@ -87,8 +87,9 @@ class Source:
     """A raw dataset of one kind: lists its read units and reads them into :class:`Record` objects.
 
     A kind is a subclass registered in :mod:`lcrypt.sources` under :attr:`kind`; its dataclass fields
-    after ``store`` are its reader options. Units are independent pieces the pipeline reads in
-    parallel, listed in a deterministic order; records come out of a unit in a deterministic order.
+    other than ``path`` and ``store`` are its reader options. Units are independent pieces the pipeline
+    reads in parallel, listed in a deterministic order; records come out of a unit in a deterministic
+    order.
     """
 
     kind: ClassVar[str] = ""
