@@ -6,7 +6,8 @@ Each revision is exported (``git archive``) to a temporary folder and run as a f
 ``python -m pipelines.prepare`` process with that folder first on the path, so both pay Beam's
 start-up. The slice is CIFAR-10's test split from ../shared (10,000 JPEGs) as a tar tree and as an
 unpacked folder tree (the tar and imagefolder readers). Runs alternate A B / B A per repetition, so
-a machine whose load drifts does not favour one side; the comparison is the per-pair wall-time ratio.
+a machine whose load drifts does not favour one side; the comparison is the per-pair ratio of wall
+time and of CPU time (user + system of the run and its subprocesses, steadier on a loaded machine).
 Every pair's shards, index, _info.json and errors.jsonl must be byte-identical, else it stops.
 """
 
@@ -17,6 +18,7 @@ import hashlib
 import io
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,6 +49,12 @@ def make_slice(archive: Path, work: Path) -> dict[str, Path]:
     return {"tar": tar_path, "folder": folder}
 
 
+def cpu_seconds() -> float:
+    """User + system seconds of this process's finished children (and theirs) so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def digests(out: Path) -> dict[str, str]:
     """sha256 of every output file but manifest.json (its creation time differs per run)."""
     return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -58,6 +66,7 @@ def main() -> None:
     ap.add_argument("--base", required=True, help="git revision A")
     ap.add_argument("--new", default="HEAD", help="git revision B (default HEAD)")
     ap.add_argument("--reps", type=int, default=6)
+    ap.add_argument("--kinds", default="tar,folder", help="which copies of the slice to read: tar, folder")
     ap.add_argument("--archive", default=str(ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,10 +79,12 @@ def main() -> None:
                                      check=True).stdout
             with tarfile.open(fileobj=io.BytesIO(archive)) as tf:
                 tf.extractall(trees[side], filter="data")
-        sources = make_slice(Path(args.archive), work)
-        n = sum(1 for _ in (sources["folder"]).rglob("*.jpg"))
+        kinds = args.kinds.split(",")
+        sources = {k: v for k, v in make_slice(Path(args.archive), work).items() if k in kinds}
+        n = sum(1 for _ in (work / "folder").rglob("*.jpg"))
         Key(bytes(range(32)), "bench").save(work / "bench.key")
         walls: dict[tuple[str, str], list[float]] = {(s, side): [] for s in sources for side in trees}
+        cpus: dict[tuple[str, str], list[float]] = {(s, side): [] for s in sources for side in trees}
         for rep in range(args.reps):
             for s, src in sources.items():
                 outs = {}
@@ -83,21 +94,24 @@ def main() -> None:
                     argv = [sys.executable, "-m", "pipelines.prepare", "--source", str(src), "--scheme",
                             "etc", "--param", "block_size=8", "--keys", str(work / "bench.key"), "--out",
                             str(out), "--jpeg-quality", "85", "--name", "ab", "--quiet"]
-                    t = time.perf_counter()
+                    t, used = time.perf_counter(), cpu_seconds()
                     subprocess.run(argv, cwd=trees[side], env={**os.environ, "PYTHONPATH": str(trees[side])},
                                    check=True, stdout=subprocess.DEVNULL)
                     walls[(s, side)].append(time.perf_counter() - t)
+                    cpus[(s, side)].append(cpu_seconds() - used)
                     print(f"rep {rep} {s:6} {side}: {n / walls[(s, side)][-1]:6.0f} images/s, "
-                          f"load {os.getloadavg()[0]:.1f}", flush=True)
+                          f"{cpus[(s, side)][-1]:.2f} s CPU, load {os.getloadavg()[0]:.1f}", flush=True)
                 if digests(outs["A"]) != digests(outs["B"]):
                     raise SystemExit(f"{s}: A and B wrote different datasets")
         for s in sources:
-            a, b = walls[(s, "A")], walls[(s, "B")]
-            ratios = [x / y for x, y in zip(a, b)]
-            geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
-            print(f"{s}: A median {sorted(a)[len(a) // 2]:.2f} s, B median {sorted(b)[len(b) // 2]:.2f} s; "
-                  f"wall A/B per pair {', '.join(f'{r:.2f}' for r in ratios)} (geometric mean {geo:.3f}; "
-                  "above 1: B is faster)")
+            for what, times in (("wall", walls), ("CPU", cpus)):
+                a, b = times[(s, "A")], times[(s, "B")]
+                ratios = [x / y for x, y in zip(a, b)]
+                geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
+                pairs = ", ".join(f"{r:.2f}" for r in ratios)
+                print(f"{s} {what}: A median {sorted(a)[len(a) // 2]:.2f} s, B median "
+                      f"{sorted(b)[len(b) // 2]:.2f} s; A/B per pair {pairs} (geometric mean {geo:.3f}; "
+                      "above 1: B is faster)")
         print(f"{n} images; every pair wrote byte-identical shards, index, _info.json and errors.jsonl")
 
 
