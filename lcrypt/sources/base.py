@@ -51,8 +51,8 @@ SPLIT_NAMES = tuple(k for names in SPLIT_KEYWORDS.values() for k in names)
 class Record(NamedTuple):
     """One source image, not yet decoded. ``source_id`` is unique within the source and never published.
 
-    A NamedTuple: the pipeline ships it between steps as it is (pipelines/sources.py gives Beam its
-    coder), and a chunk of them pickles compactly to the decoder subprocess.
+    A NamedTuple, so the pipeline ships it between steps as it is: Beam encodes it field by field with
+    its schema coder (registered in pipelines/sources.py), never with pickle.
     """
 
     source_id: str
