@@ -17,7 +17,7 @@ import numpy as np
 
 from lcrypt import Key, get_scheme
 from lcrypt.attacks.fr import fr_attack, fr_greedy_attack
-from lcrypt.datasets import load_arrays
+from lcrypt.sources import load_arrays
 from lcrypt.metrics import ssim
 from lcrypt.table import format_table
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from lcrypt import Key, get_scheme
 from lcrypt.attacks.fr import global_variants
-from lcrypt.datasets import load_arrays
+from lcrypt.sources import load_arrays
 from lcrypt.metrics import ssim
 from lcrypt.table import format_table
 

@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from lcrypt import Key, shards, storage
+    from lcrypt import Key, shards
+    from lcrypt.storage import storage_for
     from lcrypt.manifest import Manifest
     from lcrypt.table import format_table
     from loaders.dataset import resolve_shard
@@ -85,7 +86,8 @@ def main(argv=None) -> int:
         m = Manifest.load(data)
         split = "test"  # 10,000 images in 2 shards; the same code path as train
         n = m.num_samples(split)
-        blobs = [storage.read_bytes(resolve_shard(str(data), e.path)) for e in m.shards_for(split)]
+        urls = [resolve_shard(str(data), e.path) for e in m.shards_for(split)]
+        blobs = [storage_for(url).read_bytes(url) for url in urls]
         arr = np.stack([img for e in m.shards_for(split) for _, img, _ in shards.read_shard(data / e.path)])
         labels = np.zeros(len(arr), dtype=np.int64)
 

@@ -6,7 +6,7 @@
 1. Datasets. The lent GPU machine has no Apache Beam, so this script writes the shards itself with
    lcrypt's own format functions (:func:`lcrypt.shards.encode_sample`, :func:`lcrypt.shards.write_tar`,
    :class:`lcrypt.manifest.Manifest`) — the same files `lcrypt prepare` writes (PNG, one key, 10 shards
-   per split), made from ``lcrypt.datasets.load_arrays`` and ``scheme.encrypt`` in a process pool. The
+   per split), made from ``lcrypt.sources.load_arrays`` and ``scheme.encrypt`` in a process pool. The
    time to make them is reported apart and is not part of any training wall time.
 2. ``--throughput``: one ConvMixer-256/8 (patch 1, kernel 9) training step (AdamW, batch 512) timed with
    CUDA events in bf16 (and fp32 with ``--fp32-variants``), channels_last / contiguous, PyTorch's
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
                    "test of the plumbing only, its accuracy means nothing")
     args = p.parse_args(argv)
     from lcrypt import Key
-    from lcrypt.datasets import load_arrays
+    from lcrypt.sources import load_arrays
 
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from lcrypt import storage
+from lcrypt.storage import Storage, is_remote, join, storage_for
 
 MANIFEST_FORMAT = "lcrypt-dataset/1"
 MANIFEST_NAME = "manifest.json"
@@ -195,11 +195,13 @@ class Manifest:
         return f"{directory}/{MANIFEST_NAME}"
 
     @classmethod
-    def load(cls, path_or_dir: str | os.PathLike) -> "Manifest":
-        """Read a manifest from its file or from the dataset folder holding it (local or a URL)."""
-        path = manifest_path(path_or_dir)
+    def load(cls, path_or_dir: str | os.PathLike, store: Storage | None = None) -> "Manifest":
+        """Read a manifest from its file or from the dataset folder holding it (local or a URL), through
+        ``store`` (default: the storage of the path, lcrypt.storage.storage_for)."""
+        store = store or storage_for(path_or_dir)
+        path = manifest_path(path_or_dir, store)
         try:
-            body = json.loads(storage.read_bytes(path))
+            body = json.loads(store.read_bytes(path))
         except FileNotFoundError:
             raise ManifestError(f"{path} not found: is this an lcrypt dataset folder (made by `lcrypt prepare`)?"
                                 ) from None
@@ -208,18 +210,18 @@ class Manifest:
         return cls.from_dict(body)
 
 
-def manifest_path(path_or_dir: str | os.PathLike) -> str:
+def manifest_path(path_or_dir: str | os.PathLike, store: Storage | None = None) -> str:
     """The manifest.json of a dataset given as the folder or as the file itself (local or a URL)."""
     text = str(path_or_dir)
-    if text.endswith(".json") or (not storage.is_url(text) and not storage.isdir(text)):
+    if text.endswith(".json") or (not is_remote(text) and not (store or storage_for(text)).isdir(text)):
         return text
-    return storage.join(text, MANIFEST_NAME)
+    return join(text, MANIFEST_NAME)
 
 
 def dataset_folder(path_or_dir: str | os.PathLike) -> str:
     """The folder of a dataset given as the folder or as its manifest.json (local or a URL)."""
     path = manifest_path(path_or_dir)
-    return path.rsplit("/", 1)[0] if storage.is_url(path) else os.path.dirname(path) or "."
+    return path.rsplit("/", 1)[0] if is_remote(path) else os.path.dirname(path) or "."
 
 
 # -- index.parquet ---------------------------------------------------------------------------------
@@ -257,7 +259,8 @@ def read_index(directory: str | os.PathLike):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = storage.join(directory, INDEX_NAME)
-    if not storage.exists(path):
+    path = join(directory, INDEX_NAME)
+    store = storage_for(path)
+    if not store.exists(path):
         raise ManifestError(f"{path} not found: the dataset folder is incomplete; re-run `lcrypt prepare`")
-    return pq.read_table(pa.BufferReader(storage.read_bytes(path)))
+    return pq.read_table(pa.BufferReader(store.read_bytes(path)))

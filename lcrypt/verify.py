@@ -21,11 +21,12 @@ import os
 import posixpath
 import sys
 from collections import defaultdict
-from lcrypt import shards, storage
+from lcrypt import shards
 from lcrypt.manifest import (ERRORS_NAME, FRAGMENTS_NAME, INDEX_COLUMNS, INDEX_NAME, LOCK_NAME, MANIFEST_NAME,
                              TIMM_INFO_NAME, Manifest, ManifestError, read_index)
+from lcrypt.storage import Storage, join, storage_for
 
-SCRATCH = (FRAGMENTS_NAME, ".progress")  # prepare's scratch folders (.progress: older versions), removed at its end
+SCRATCH = (FRAGMENTS_NAME,)  # prepare's scratch folders, removed at its end
 ROOT_FILES = (MANIFEST_NAME, INDEX_NAME, TIMM_INFO_NAME, ERRORS_NAME)
 UNFINISHED = "a prepare run did not finish here (or is still running)"
 
@@ -35,11 +36,12 @@ def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str
     directory = str(directory)
     problems: list[str] = []
     totals = {"shards": 0, "samples": 0, "bytes": 0}
-    if storage.exists(storage.join(directory, LOCK_NAME)):
+    store = storage_for(directory)
+    if store.exists(join(directory, LOCK_NAME)):
         problems.append(f"{LOCK_NAME}: {UNFINISHED}; if none is running, run the same `lcrypt prepare` "
                         "command again with --overwrite")
     try:
-        m = Manifest.load(directory)
+        m = Manifest.load(directory, store)
     except ManifestError as exc:
         return problems + [str(exc)], totals
     index = _read_index(directory, problems)
@@ -53,13 +55,13 @@ def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str
     expected_ext = shards.IMAGE_EXT.get(m.encoding)
     h, w = m.image_shape[:2]
     for entry in m.shards:
-        path = storage.join(directory, entry.path)
+        path = join(directory, entry.path)
         totals["shards"] += 1
-        if not storage.exists(path):
+        if not store.exists(path):
             problems.append(f"{entry.path}: missing (the manifest lists it with {entry.count} samples); "
                             "re-run `lcrypt prepare` or restore the file")
             continue
-        data = storage.read_bytes(path)
+        data = store.read_bytes(path)
         totals["bytes"] += len(data)
         if len(data) != entry.bytes:
             problems.append(f"{entry.path}: {len(data)} bytes on disk, the manifest says {entry.bytes} (truncated "
@@ -111,8 +113,8 @@ def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str
             problems.append(f"{entry.path}: sample keys differ from index.parquet ({len(missing)} indexed but absent"
                             f"{': ' + ', '.join(missing[:3]) if missing else ''}; {len(extra)} present but not indexed"
                             f"{': ' + ', '.join(extra[:3]) if extra else ''})")
-    problems += _stray_files(storage.walk(directory), listed, set(m.splits))
-    problems += _check_errors_file(directory, m)
+    problems += _stray_files(store.list_files(directory), listed, set(m.splits))
+    problems += _check_errors_file(directory, m, store)
     for o in m.owners:
         for split, n in o.counts.items():
             have = sum(s.count for s in m.shards if s.owner == o.name and s.split == split)
@@ -174,16 +176,16 @@ def _stray_files(files: list[str], listed: set[str], splits: set[str]) -> list[s
     return problems
 
 
-def _check_errors_file(directory: str, m: Manifest) -> list[str]:
+def _check_errors_file(directory: str, m: Manifest, store: Storage) -> list[str]:
     """errors.jsonl must exist when the stats record rejections, with one line per rejected record."""
     rejected = sum(int(s.get("rejected", 0)) for s in m.stats if isinstance(s, dict))
-    path = storage.join(directory, ERRORS_NAME)
-    if not storage.exists(path):
+    path = join(directory, ERRORS_NAME)
+    if not store.exists(path):
         if rejected:
             return [f"{ERRORS_NAME}: missing, but the manifest's stats record {rejected} rejected record(s); "
                     "it names each and its reason: restore it or re-run `lcrypt prepare`"]
         return []
-    lines = [line for line in storage.read_bytes(path).splitlines() if line.strip()]
+    lines = [line for line in store.read_bytes(path).splitlines() if line.strip()]
     if len(lines) != rejected:
         return [f"{ERRORS_NAME}: {len(lines)} line(s), but the manifest's stats record {rejected} rejected "
                 "record(s) (the file was edited, truncated or comes from another run)"]

@@ -38,8 +38,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from lcrypt import shards, storage
+from lcrypt import shards
 from lcrypt.manifest import Manifest, ShardEntry, dataset_folder
+from lcrypt.storage import join, storage_for
 from loaders import plan as planning
 
 DEFAULT_BUFFER = 2000
@@ -66,7 +67,7 @@ def resolve_shard(base: str, rel: str) -> str:
     shards.parse_shard_path(rel)  # ValueError for '..', absolute paths, 'pipe:' and anything else
     if base.startswith("pipe:"):
         raise ValueError("pipe: URLs are never opened (they run a shell command); give a path or fsspec URL")
-    return storage.join(base, rel)
+    return join(base, rel)
 
 
 def load_manifest(path: str | os.PathLike) -> tuple[Manifest, str]:
@@ -100,10 +101,7 @@ def _damaged(url: str, entry: ShardEntry, what: str) -> shards.ShardFormatError:
 def shard_size(url: str) -> int | None:
     """Bytes of the shard file at ``url`` (local or fsspec), or None when there is none."""
     try:
-        if storage.is_url(url):
-            fs, path = storage._fs(url)
-            return int(fs.size(path))
-        return os.stat(storage.local(url)).st_size
+        return storage_for(url).size(url)
     except FileNotFoundError:
         return None
 
@@ -134,7 +132,7 @@ def read_shard(url: str, entry: ShardEntry, verify_sha256: bool = False) -> list
     counting all its samples tells a short or padded shard from a good one.
     """
     try:
-        data = storage.read_bytes(url)
+        data = storage_for(url).read_bytes(url)
     except FileNotFoundError:
         raise _damaged(url, entry, "the shard is missing") from None
     except OSError as exc:

@@ -103,20 +103,16 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
     """Add the prepare chain to pipeline ``p`` (separate from running it, so it can be built for Dataflow)."""
     import apache_beam as beam
 
-    from pipelines.sources import FIELDS, ReadRecords
+    from pipelines.sources import ReadRecords
     from pipelines.transforms import (AssignShardsFn, ClassNamesFn, EncryptChunkFn, FinalizeFn, WriteShardFn, add_pairs,
                                       dead_letter_reads, dead_letter_rows)
 
     chunks = p | "ReadRecords" >> ReadRecords(source, config.chunk, config.read_parts)
-    ci = FIELDS.index("class_name")
-    le = FIELDS.index("layout_error")
     if class_names is not None:
         names = p | "DeclaredClasses" >> beam.Create([class_names])
     else:
         # One combine (partial sets in the read stage, one merge): a Distinct + ToList chain cost two more stages.
-        names = (chunks
-                 | "ClassNamesOfChunk" >> beam.Map(lambda ch: {t[ci] for t in ch if t[ci] and not t[le]})
-                 | "AllClasses" >> beam.CombineGlobally(ClassNamesFn()))
+        names = chunks | "AllClasses" >> beam.CombineGlobally(ClassNamesFn())
     # Per-record rejections, decoder isolation and per-record retries of a failed chunk happen inside
     # EncryptChunkFn; Beam's dead-letter output is the backstop for anything that still escapes a chunk.
     # threshold=1.0: the reject-rate check is per record, in Finalize (--max-reject-rate).
@@ -156,20 +152,11 @@ def probe_size(source) -> tuple[tuple[int, int], str]:
     """
     from collections import Counter
 
-    from lcrypt.datasets import decode_record
     from lcrypt.images import ImageRejected
-
-    def records():
-        if source.kind == "imagefolder":
-            files = [f for unit in source.units() for f in unit]
-            step = max(1, len(files) // PROBE_IMAGES)
-            for rel in files[::step]:
-                yield from source.read_unit((rel,))
-        else:
-            yield from source
+    from lcrypt.sources.base import decode_record
 
     sizes: Counter = Counter()
-    for i, rec in enumerate(records()):
+    for i, rec in enumerate(source.sample_records(PROBE_IMAGES)):
         if sum(sizes.values()) >= PROBE_IMAGES or i >= 20 * PROBE_IMAGES:
             break
         try:
@@ -194,11 +181,11 @@ def probe_size(source) -> tuple[tuple[int, int], str]:
 def plan(args: argparse.Namespace):
     """Validate options, keys and source before any work (run_args then claims --out); returns (source,
     config, declared class names, scheme info)."""
-    from lcrypt.datasets import source_class_names
     from lcrypt.images import parse_size
     from lcrypt.schemes import get_scheme
+    from lcrypt.sources import open_source
+    from pipelines.beamstorage import BEAM
     from pipelines.runlock import check_apart
-    from pipelines.sources import open_source
     from pipelines.transforms import PrepareConfig
 
     check_numbers(args)
@@ -223,7 +210,7 @@ def plan(args: argparse.Namespace):
     except ValueError as exc:
         raise PrepareError(str(exc)) from None
     try:
-        source = open_source(args.source, split=args.split, image_column=args.image_column,
+        source = open_source(args.source, remote=BEAM, split=args.split, image_column=args.image_column,
                              label_column=args.label_column, group_column=args.owner_column or column,
                              layout=args.layout)
         check_apart(str(args.out), source.path)
@@ -238,8 +225,6 @@ def plan(args: argparse.Namespace):
     except ValueError as exc:
         raise PrepareError(f"scheme {args.scheme} cannot encrypt {h}x{w} images: {exc}") from None
     declared = source.class_names()
-    if declared is None and source.kind == "cifar":
-        declared = source_class_names(source)
     name = args.name or Path(str(args.out).rstrip("/")).name or "dataset"
     config = PrepareConfig(
         out=str(args.out), name=name, scheme=scheme.info.name, scheme_params=dict(scheme.params), keys=keys,
@@ -361,10 +346,12 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
 
 def summarize(args: argparse.Namespace, config, wall: float) -> int:
     """The summary table of a finished run (and the warnings a user should see)."""
+    from lcrypt.manifest import ERRORS_NAME, Manifest
+    from lcrypt.storage import join
     from lcrypt.table import format_table
-    from pipelines import outdir
+    from pipelines.beamstorage import pipeline_storage
 
-    m = outdir.load_manifest(config.out)
+    m = Manifest.load(config.out, pipeline_storage(config.out))
     rows = [[s["split"], s["owner"], s["read"], s["written"], s["rejected"], s["bytes"], s["written"] / wall]
             for s in m.stats]
     tot = [sum(r[i] for r in rows) for i in range(2, 6)]
@@ -376,7 +363,7 @@ def summarize(args: argparse.Namespace, config, wall: float) -> int:
     if config.file_splits:
         print("split of each source file: " + ", ".join(f"{f} -> {s}" for f, s in config.file_splits))
     if tot[2]:
-        print(f"rejected records and reasons: {outdir.join(config.out, outdir.ERRORS_NAME)}")
+        print(f"rejected records and reasons: {join(config.out, ERRORS_NAME)}")
     for o in m.owners:
         if not o.counts:
             print(f"warning: owner {o.name} has no records: no record matched its \"match\" patterns in "

@@ -14,11 +14,12 @@ import hashlib
 import os
 import tempfile
 
-from apache_beam.io.filesystems import FileSystems
-
 from lcrypt import shards
 from lcrypt.lock import FileLock, LockBusy, describe_holder
+from lcrypt.manifest import Manifest
+from lcrypt.storage import is_remote, join, local_path
 from pipelines import outdir
+from pipelines.beamstorage import pipeline_storage
 from pipelines.options import PrepareError
 from pipelines.outdir import LOCK_NAME, OutError, WriteFailed
 
@@ -33,25 +34,27 @@ class RunLock:
 
     def __init__(self, out: str):
         self.out = out
-        self.remote = outdir.is_remote(out)
-        self.marker = outdir.join(out, LOCK_NAME)
+        self.remote = is_remote(out)
+        self.local = local_path(out)  # the folder on this machine (a local --out)
+        self.store = pipeline_storage(out)
+        self.marker = join(out, LOCK_NAME)
         if self.remote:
             digest = hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:24]
             folder = os.path.join(tempfile.gettempdir(), "lcrypt-locks")
             os.makedirs(folder, exist_ok=True)
             self.lock = FileLock(os.path.join(folder, f"{digest}.lock"))
         else:
-            self.lock = FileLock(self.marker)
+            self.lock = FileLock(local_path(self.marker))
         self.previous: str | None = None
         self.created_out = False
 
     def acquire(self) -> "RunLock":
         if not self.remote:
-            if os.path.lexists(self.out) and not os.path.isdir(self.out):
+            if os.path.lexists(self.local) and not os.path.isdir(self.local):
                 raise OutError(f"--out {self.out} is a file; give a folder")
-            if not os.path.isdir(self.out):
+            if not os.path.isdir(self.local):
                 try:
-                    os.makedirs(self.out)
+                    os.makedirs(self.local)
                 except OSError as exc:
                     raise OutError(f"--out {self.out}: cannot create the folder ({exc.strerror}); "
                                    "choose a folder you can write to") from None
@@ -59,14 +62,14 @@ class RunLock:
         try:
             previous = self.lock.acquire()
         except LockBusy as exc:
-            raise OutError(f"--out {self.out} is in use by another lcrypt prepare ({exc.holder}); wait for it "
-                           "to finish or choose another folder") from None
+            raise OutError(f"--out {self.out} is in use by another lcrypt prepare ({exc.holder}); wait for "
+                           "it to finish or choose another folder") from None
         except OSError as exc:
             self._undo_out()
             raise OutError(f"--out {self.out} is not writable ({exc.strerror}); choose a folder you can "
                            "write to, or fix its permissions") from None
         if self.remote:
-            previous = outdir.read_text(self.marker) if FileSystems.exists(self.marker) else None
+            previous = self._read_marker() if self.store.exists(self.marker) else None
         self.previous = previous
         return self
 
@@ -82,7 +85,7 @@ class RunLock:
     def release(self, finished: bool) -> None:
         """Unlock; a finished run also removes its marker (an unfinished one leaves it behind)."""
         if finished and self.remote:
-            FileSystems.delete([self.marker])
+            self.store.delete(self.out, [LOCK_NAME])
         self.lock.release(remove=finished or self.remote)
 
     def abandon(self) -> None:
@@ -90,10 +93,17 @@ class RunLock:
         self.lock.release(remove=self.remote or self.previous is None)
         self._undo_out()
 
+    def _read_marker(self) -> str | None:
+        """The text of the marker an earlier run left in the store, or None when it cannot be read."""
+        try:
+            return self.store.read_bytes(self.marker).decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return None
+
     def _undo_out(self) -> None:
         if self.created_out:
             try:
-                os.rmdir(self.out)
+                os.rmdir(self.local)
             except OSError:
                 pass
             self.created_out = False
@@ -121,16 +131,16 @@ def claim_out(out: str, overwrite: bool):
             listed: set[str] = set()
             if outdir.MANIFEST_NAME in files:
                 try:
-                    listed = {s.path for s in outdir.load_manifest(out).shards}
+                    listed = {s.path for s in Manifest.load(out, pipeline_storage(out)).shards}
                 except (ValueError, OSError):
                     pass  # a damaged manifest lists nothing; its shards count as ours only after a marker
             ours, foreign = outdir.classify(files, listed, unfinished)
             foreign = sorted(foreign + links)
             if foreign:
                 shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-                raise PrepareError(f"--out {out} holds {len(foreign)} file(s) an earlier prepare did not write "
-                                   f"({shown}); --overwrite deletes only prepare's own files, so nothing was "
-                                   "deleted: move them away or choose another folder")
+                raise PrepareError(f"--out {out} holds {len(foreign)} file(s) an earlier prepare did not "
+                                   f"write ({shown}); --overwrite deletes only prepare's own files, so "
+                                   "nothing was deleted: move them away or choose another folder")
             outdir.delete(out, ours)
         lock.claim()
     except BaseException:
@@ -143,15 +153,15 @@ def check_apart(out: str, source: str) -> None:
     """Refuse an --out inside the source, equal to it, or holding it: the shards would land among the
     images (and the next run would read them as images), or --overwrite would reach the source."""
     def norm(p: str) -> str:
-        return p.rstrip("/") if outdir.is_remote(p) else os.path.realpath(p)
+        return p.rstrip("/") if is_remote(p) else os.path.realpath(local_path(p))
 
     o, s = norm(out), norm(source)
-    if outdir.is_remote(out) != outdir.is_remote(source):
+    if is_remote(out) != is_remote(source):
         return
-    sep = "/" if outdir.is_remote(out) else os.sep
+    sep = "/" if is_remote(out) else os.sep
     if o == s or o.startswith(s + sep):
-        raise PrepareError(f"--out {out} is inside --source {source}: the shards would land among the source's "
-                           "images; choose an output folder outside the source")
+        raise PrepareError(f"--out {out} is inside --source {source}: the shards would land among the "
+                           "source's images; choose an output folder outside the source")
     if s.startswith(o + sep):
         raise PrepareError(f"--source {source} is inside --out {out}: choose an output folder that does not "
                            "hold the source")

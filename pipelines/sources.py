@@ -1,84 +1,41 @@
-"""Beam side of the source readers: lcrypt.datasets parses every format; this file only lists and reads
-through Beam's file systems (local, gs://, s3://, ...) and turns read units into record chunks.
+"""Beam side of the source readers: :mod:`lcrypt.sources` parses every kind; this file turns a source's
+read units into chunks of records spread over the workers.
 
-A record travels as a plain tuple (see :data:`FIELDS`) so Beam's fast coder handles it without pickle,
-and Beam's ``BatchElements`` groups the records into chunks of a fixed size for the vectorised
-encryption (measured on CIFAR-10: as fast as reading straight into chunks, docs/benchmarks.md).
+A :class:`~lcrypt.sources.base.Record` travels through the pipeline as it is: it is a NamedTuple, which
+Beam encodes with its schema coder (RowCoder, registered here) instead of pickle. Beam's
+``BatchElements`` groups the records into chunks of a fixed size for the vectorised encryption.
 """
 
 from __future__ import annotations
 
-import os
-from typing import IO, Iterator
+from typing import Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
-from lcrypt import storage
-from lcrypt.datasets import Record, Source
-from pipelines import outdir
+from lcrypt.sources.base import Record, Source
 
-FIELDS = ("source_id", "split", "class_name", "data", "ext", "label", "group", "layout_error")
 CHUNK = 256  # records per batch: large enough to amortise Beam, small enough to spread over workers
 
-
-class BeamFS:
-    """The file-system interface lcrypt.datasets.Source expects, on apache_beam.io.filesystems (the same
-    joining as the --out folder: pipelines/outdir.py)."""
-
-    def open(self, path: str) -> IO[bytes]:
-        return FileSystems.open(path, compression_type="uncompressed")
-
-    def isdir(self, path: str) -> bool:
-        if not outdir.is_remote(path):
-            return os.path.isdir(path)
-        # an object store (gs://, s3://) has no folders: a "folder" is a prefix some object has; "**"
-        # because "*" stops at "/", and a dataset's files sit below its split and class folders
-        return bool(FileSystems.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list) and \
-            not FileSystems.exists(path)
-
-    def exists(self, path: str) -> bool:
-        return FileSystems.exists(path) or self.isdir(path)
-
-    @staticmethod
-    def walk(path: str) -> list[str]:
-        """A source's files: an object store's listing (as the --out folder's), or a local tree with its
-        symlinked folders followed (lcrypt.storage.walk), as the library reads sources."""
-        return outdir.list_files(path) if outdir.is_remote(path) else storage.walk(path, follow_links=True)
-
-    join = staticmethod(outdir.join)
+beam.coders.registry.register_coder(Record, beam.coders.RowCoder)
 
 
-def open_source(spec: str, **options) -> Source:
-    """lcrypt.datasets.Source for ``spec`` on Beam's file systems."""
-    return Source.parse(spec, fs=BeamFS(), **options)
-
-
-def record_tuple(r: Record) -> tuple:
-    return (r.source_id, r.split, r.class_name, r.data, r.ext, r.label, r.group, r.layout_error)
-
-
-def tuple_record(t: tuple) -> Record:
-    return Record(*t)
-
-
+@beam.typehints.with_output_types(Record)
 class ReadUnitFn(beam.DoFn):
-    """One read unit (a file list, an archive, a Parquet file, a shard) -> its record tuples."""
+    """One read unit (a file list, an archive, a Parquet file, a shard) -> its records."""
 
     def __init__(self, source: Source):
         self.source = source
 
-    def process(self, unit) -> Iterator[tuple]:
-        for r in self.source.read_unit(tuple(unit)):
-            yield record_tuple(r)
+    def process(self, unit) -> Iterator[Record]:
+        yield from self.source.read_unit(tuple(unit))
 
 
 class ReadRecords(beam.PTransform):
-    """Chunks of record tuples of a whole source, spread over the workers.
+    """Chunks of the records of a whole source, spread over the workers.
 
     The units are reshuffled so the workers read different files, or different parts of one archive
-    (see lcrypt.datasets.Source.units), and the decode/encrypt step fuses with the read: measured on
-    CIFAR-10, reshuffling the raw records instead cost more than it gained on two workers.
+    (see lcrypt.sources.base.FileSource), and the decode/encrypt step fuses with the read: reshuffling
+    the raw records instead costs more than it gains (docs/benchmarks.md).
     """
 
     def __init__(self, source: Source, chunk: int = CHUNK, parts: int = 1):

@@ -26,12 +26,13 @@ import apache_beam as beam
 import numpy as np
 
 from lcrypt import shards
-from lcrypt.datasets import classes_from_names, decode_record, owners_of
 from lcrypt.images import ImageRejected
 from lcrypt.keys import Key
-from lcrypt.manifest import ERRORS_NAME, Manifest, OwnerEntry, ShardEntry
+from lcrypt.manifest import ERRORS_NAME, FRAGMENTS_NAME, Manifest, OwnerEntry, ShardEntry
+from lcrypt.sources.base import Record, classes_from_names, decode_record, owners_of
+from lcrypt.storage import join
 from pipelines import outdir
-from pipelines.sources import tuple_record
+from pipelines.beamstorage import pipeline_storage
 
 NO_OWNER = "-"
 NO_SPLIT = "-"
@@ -131,7 +132,7 @@ class EncryptChunkFn(beam.DoFn):
             raise  # the output, not the record, failed: stop the job (retrying records would reject them all)
         except Exception as exc:  # a crashed decoder process (BrokenProcessPool) or an escaped bug
             if len(chunk) == 1:
-                r = tuple_record(chunk[0])
+                r = chunk[0]
                 split, owner = self._split_owner(r)
                 kind = type(exc).__name__
                 reason = ("decoder_crashed: the process decoding this record died" if kind == "BrokenProcessPool"
@@ -139,8 +140,8 @@ class EncryptChunkFn(beam.DoFn):
                 return [], [{"source": r.source_id, "split": split, "owner": owner, "reason": reason,
                              "detail": str(exc)[:500]}], {(split, owner): 1}
         groups, rejected, read = [], [], defaultdict(int)
-        for t in chunk:
-            g, rj, rd = self._attempt([t])
+        for r in chunk:
+            g, rj, rd = self._attempt([r])
             groups += g
             rejected += rj
             for k, n in rd.items():
@@ -162,10 +163,10 @@ class EncryptChunkFn(beam.DoFn):
             raise
 
     # -- the work ---------------------------------------------------------------------------------
-    def _split_owner(self, r) -> tuple[str, str]:
+    def _split_owner(self, r: Record) -> tuple[str, str]:
         return self._assign(r)[:2]
 
-    def _assign(self, r) -> tuple[str, str, ImageRejected | None]:
+    def _assign(self, r: Record) -> tuple[str, str, ImageRejected | None]:
         """``(split, owner, why it has none)``: the owner whose globs match the record. No owner, or
         several under ``--owner-overlap error``, leaves it ownerless, rejected with the reason."""
         split = r.split or NO_SPLIT
@@ -180,7 +181,7 @@ class EncryptChunkFn(beam.DoFn):
                 "\"match\" patterns disjoint, or pass --owner-overlap first to give it to the first listed")
         return split, found[0], None
 
-    def encrypt_chunk(self, chunk: list) -> ChunkResult:
+    def encrypt_chunk(self, chunk: list[Record]) -> ChunkResult:
         """Decode (lcrypt.images' rules), encrypt per owner in one vectorised call, encode, and write the
         encoded images to one fragment file; returns refs to them, the rejected rows and the reads."""
         c = self.config
@@ -188,8 +189,7 @@ class EncryptChunkFn(beam.DoFn):
         read: dict[tuple[str, str], int] = defaultdict(int)
         groups: dict[tuple[str, str], list] = defaultdict(list)
         rejected = []
-        for t in chunk:
-            r = tuple_record(t)
+        for r in chunk:
             split, owner, no_owner = self._assign(r)
             read[(split, owner)] += 1
             try:
@@ -224,7 +224,7 @@ class EncryptChunkFn(beam.DoFn):
                     blob.append(data)
                     offset += len(data)
                 out.append(((split, owner), refs))
-            outdir.write_atomic(outdir.join(c.out, outdir.FRAGMENTS, name), b"".join(blob), durable=False)
+            outdir.write_atomic(join(c.out, FRAGMENTS_NAME, name), b"".join(blob), durable=False)
         return out, rejected, dict(read)
 
     def _progress(self, n_read: int, n_rejected: int) -> None:
@@ -258,7 +258,7 @@ def encrypt_batch(scheme, images: list[np.ndarray], key: Key) -> list[np.ndarray
     return [scheme.encrypt(im[None], key)[0] for im in images]
 
 
-def label_of(r, index: dict[str, int] | None) -> int | str:
+def label_of(r: Record, index: dict[str, int] | None) -> int | str:
     """The record's label: its index under the declared class names, else its class name (resolved later)."""
     if index is None:
         if not r.class_name:
@@ -268,13 +268,14 @@ def label_of(r, index: dict[str, int] | None) -> int | str:
 
 
 class ClassNamesFn(beam.CombineFn):
-    """Sets of class names -> the dataset's class list (lcrypt.datasets.classes_from_names: sorted, stable)."""
+    """Chunks of records -> the dataset's class list: the class names of the records not rejected
+    (lcrypt.sources.base.classes_from_names: sorted, stable)."""
 
     def create_accumulator(self) -> set:
         return set()
 
-    def add_input(self, acc: set, names: set) -> set:
-        acc |= names
+    def add_input(self, acc: set, chunk: list[Record]) -> set:
+        acc.update(r.class_name for r in chunk if r.class_name and not r.layout_error)
         return acc
 
     def merge_accumulators(self, accs) -> set:
@@ -284,11 +285,11 @@ class ClassNamesFn(beam.CombineFn):
         return classes_from_names(acc)
 
 
-def fragment_name(chunk) -> str:
+def fragment_name(chunk: list[Record]) -> str:
     """A name fixed by the chunk's content, so a retried bundle rewrites the same fragment."""
     h = hashlib.sha256()
-    for t in chunk:
-        h.update(t[0].encode("utf-8", "surrogateescape") + b"\0")
+    for r in chunk:
+        h.update(r.source_id.encode("utf-8", "surrogateescape") + b"\0")
     return h.hexdigest()[:32] + ".bin"
 
 
@@ -324,8 +325,7 @@ def dead_letter_rows(bad) -> Iterator[dict]:
         message = err[2][-1] if isinstance(err, tuple) else str(err)
         raise outdir.WriteFailed(message.strip().split("WriteFailed: ", 1)[-1])
     reason = f"failed: {kind.__name__}"
-    for t in chunk:
-        r = tuple_record(t)
+    for r in chunk:
         yield {"source": r.source_id, "split": r.split or NO_SPLIT, "owner": NO_OWNER, "reason": reason,
                "detail": str(err[1] if isinstance(err, tuple) else err)[:500]}
 
@@ -384,7 +384,8 @@ class WriteShardFn(beam.DoFn):
         for r in refs:
             by_fragment[r[2]].append(r)
         for frag, rs in sorted(by_fragment.items()):
-            with outdir.open_read(outdir.join(self.out, outdir.FRAGMENTS, frag)) as f:
+            path = join(self.out, FRAGMENTS_NAME, frag)
+            with pipeline_storage(path).open(path) as f:
                 for key, _, _, offset, length in sorted(rs, key=lambda r: r[3]):
                     f.seek(offset)
                     data_of[key] = f.read(length)
@@ -396,7 +397,7 @@ class WriteShardFn(beam.DoFn):
             members.append((f"{key}.{ext}", data))
         data = shards.tar_bytes(members)
         rel = shards.shard_path(split, owner, idx)
-        outdir.write_atomic(outdir.join(self.out, rel), data)
+        outdir.write_atomic(join(self.out, rel), data)
         entry = dataclasses.asdict(ShardEntry(path=rel, owner=owner, split=split, count=len(samples),
                                               bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
         # index rows travel compactly: Beam sizes side inputs by walking them, which cost seconds on 60k dicts
@@ -415,7 +416,7 @@ class FinalizeFn(beam.DoFn):
         c = self.config
         rejected = sorted(rejected, key=lambda r: (r["split"], r["owner"], r["source"]))
         errors = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected)
-        outdir.write_atomic(outdir.join(c.out, ERRORS_NAME), errors.encode())
+        outdir.write_atomic(join(c.out, ERRORS_NAME), errors.encode())
         entries = [ShardEntry(**e) for e, _, _ in written]
         stats = defaultdict(lambda: {"read": 0, "written": 0, "rejected": 0, "bytes": 0})
         for (split, owner), n in read.items():
@@ -436,7 +437,7 @@ class FinalizeFn(beam.DoFn):
             outdir.remove_fragments(c.out)
             raise RejectRateExceeded(
                 f"{total_rej} of {total_read} records rejected ({total_rej / total_read:.1%}), over "
-                f"--max-reject-rate {c.max_reject_rate:.1%}; see {outdir.join(c.out, ERRORS_NAME)} for each record "
+                f"--max-reject-rate {c.max_reject_rate:.1%}; see {join(c.out, ERRORS_NAME)} for each record "
                 "and reason, fix the source or use --size / raise --max-reject-rate")
         owners = []
         for name, key in sorted(c.keys.items()):

@@ -31,7 +31,7 @@ def cifar(request):
 
     if not (DATASETS / "cifar10-jpeg.tar.gz").exists():
         pytest.skip("../shared/datasets is not beside this checkout")
-    from lcrypt.datasets import load_arrays
+    from lcrypt.sources import load_arrays
 
     return load_arrays(str(DATASETS / "cifar10-jpeg.tar.gz"), "test", limit=200)[0]
 
@@ -97,7 +97,7 @@ def _jigsaw_scramble_only(plain, key, restarts=1):
 
 @pytest.mark.slow
 def test_jigsaw_restores_scrambled_imagenette(shared_datasets, fixed_key):
-    from lcrypt.datasets import load_arrays
+    from lcrypt.sources import load_arrays
 
     # the first 20 val images, none skipped: 196 pieces of 16 px cut on the JPEG 8x8 grid
     plain = load_arrays(str(shared_datasets / "imagenette-224.tar.gz"), "val", limit=20)[0]
@@ -148,7 +148,7 @@ def _oracle_etc_scores(recon, grids, plain, origin):
 def test_jigsaw_restores_full_etc_imagenette(shared_datasets, fixed_key):
     """Full EtC (96 variants per block, 196 blocks): the variant greedy with best buddies and the
     segment refinement restores real photographs (up to the oracle's one global symmetry)."""
-    from lcrypt.datasets import load_arrays
+    from lcrypt.sources import load_arrays
 
     plain = load_arrays(str(shared_datasets / "imagenette-224.tar.gz"), "val", limit=9)[0][[8]]       # one it solves
     etc = get_scheme("etc")

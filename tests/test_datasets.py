@@ -1,4 +1,4 @@
-"""lcrypt.datasets: every source format, made here, reads back to the pixels and labels written."""
+"""lcrypt.sources: every source kind, made here, reads back to the pixels and labels written."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from lcrypt import shards
-from lcrypt.datasets import Record, Source, decode_record, detect_kind, load_arrays, owners_of, tree_layout
+from lcrypt.sources import detect_kind, load_arrays, open_source
+from lcrypt.sources.base import Record, decode_record, owners_of, tree_layout
 from lcrypt.images import ImageRejected
 
 CLASSES = ["bird", "cat", "dog"]
@@ -104,7 +105,7 @@ def make_wds(root: Path, n: int = 5) -> tuple[np.ndarray, list[int]]:
 def test_imagefolder_with_splits(tmp_path):
     truth = make_imagefolder(tmp_path)
     assert detect_kind(str(tmp_path)) == "imagefolder"
-    recs = list(Source.parse(str(tmp_path)))
+    recs = list(open_source(str(tmp_path)))
     assert sorted(r.source_id for r in recs) == sorted(truth)
     for r in recs:
         img, cls = truth[r.source_id]
@@ -119,14 +120,14 @@ def test_imagefolder_with_splits(tmp_path):
 
 def test_imagefolder_without_splits_uses_the_given_split(tmp_path):
     make_imagefolder(tmp_path, splits=("",))
-    x, y, names = load_arrays(Source.parse(str(tmp_path), split="all"), "all")
+    x, y, names = load_arrays(open_source(str(tmp_path), split="all"), "all")
     assert len(x) == 9 and names == CLASSES
 
 
 def test_tar_gz_tree_streams_the_same_records(tmp_path):
     truth = make_imagefolder(tmp_path / "tree")
     make_tar_tree(tmp_path / "ds.tar.gz", tmp_path / "tree")
-    src = Source.parse(str(tmp_path / "ds.tar.gz"))
+    src = open_source(str(tmp_path / "ds.tar.gz"))
     assert src.kind == "tar"
     recs = list(src)
     assert sorted(r.source_id for r in recs) == sorted(f"data/{k}" for k in truth)
@@ -141,7 +142,7 @@ def test_tar_gz_tree_streams_the_same_records(tmp_path):
 
 def test_cifar_python_archive(tmp_path):
     truth = make_cifar(tmp_path / "cifar-10-python.tar.gz")
-    src = Source.parse(str(tmp_path / "cifar-10-python.tar.gz"))
+    src = open_source(str(tmp_path / "cifar-10-python.tar.gz"))
     assert src.kind == "cifar"
     recs = list(src)
     assert len(recs) == len(truth)
@@ -166,12 +167,12 @@ def test_cifar_archive_with_a_malicious_pickle_is_refused(tmp_path):
             ti.size = len(data)
             tf.addfile(ti, io.BytesIO(data))
     with pytest.raises(pickle.UnpicklingError, match="builtins.print"):
-        list(Source.parse(str(path)))
+        list(open_source(str(path)))
 
 
 def test_parquet_hugging_face_layout(tmp_path):
     imgs, labels = make_parquet(tmp_path / "data" / "train-00000-of-00001.parquet")
-    src = Source.parse(str(tmp_path / "data"))
+    src = open_source(str(tmp_path / "data"))
     assert src.kind == "parquet" and src.class_names() == ["zebra", "ant", "mole"]
     recs = list(src)
     assert [r.split for r in recs] == ["train"] * 6 and [r.label for r in recs] == labels
@@ -187,7 +188,7 @@ def test_parquet_null_label_is_a_label_rejection_not_a_class(tmp_path):
     imgs = make_images(3, seed=6)
     path = tmp_path / "plain.parquet"
     pq.write_table(pa.table({"image": [png_bytes(im) for im in imgs], "label": [2, None, 0]}), path)
-    recs = list(Source.parse(str(path)))
+    recs = list(open_source(str(path)))
     assert [r.class_name for r in recs] == ["2", "", "0"]
     assert not recs[0].layout_error and "is null" in recs[1].layout_error and recs[1].source_id == "plain.parquet#1"
     with pytest.raises(ImageRejected, match="^label: column 'label' is null") as exc:
@@ -197,7 +198,7 @@ def test_parquet_null_label_is_a_label_rejection_not_a_class(tmp_path):
 
 def test_webdataset_shards(tmp_path):
     imgs, labels = make_wds(tmp_path / "wds")
-    src = Source.parse(str(tmp_path / "wds"))
+    src = open_source(str(tmp_path / "wds"))
     assert src.kind == "wds"
     x, y, names = load_arrays(src, "train")
     assert np.array_equal(x, imgs) and list(y) == labels and names == ["0", "1"]
@@ -222,7 +223,7 @@ def test_layout_and_owner_matching():
 
 def test_unknown_source_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        Source.parse(str(tmp_path / "nothing"))
+        open_source(str(tmp_path / "nothing"))
     (tmp_path / "x.bin").write_bytes(b"1")
     with pytest.raises(ValueError, match="prefix it"):
-        Source.parse(str(tmp_path / "x.bin"))
+        open_source(str(tmp_path / "x.bin"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcrypt import storage
+from lcrypt.storage import is_remote, storage_for
 from lcrypt.manifest import Manifest, ManifestError, read_index
 from lcrypt.verify import main as verify_main
 from lcrypt.verify import verify
@@ -37,11 +37,11 @@ def remote(local):
 
 
 def test_manifest_and_index_load_from_a_url(local, remote):
-    assert storage.is_url(remote) and not storage.is_url(local)
+    assert is_remote(remote) and not is_remote(local)
     assert Manifest.load(remote) == Manifest.load(local)
     assert Manifest.load(f"{remote}/manifest.json") == Manifest.load(local / "manifest.json")
     assert read_index(remote).equals(read_index(local))
-    assert storage.walk(remote) == storage.walk(local)
+    assert storage_for(remote).list_files(remote) == storage_for(local).list_files(local)
     with pytest.raises(ManifestError, match="not found"):
         Manifest.load(f"{remote}-missing")
 
@@ -83,7 +83,8 @@ def test_verify_on_a_url_passes_intact_and_names_damage(local, remote, capsys):
 
 def test_a_url_without_its_plugin_says_what_to_install():
     with pytest.raises(OSError, match="install fsspec's plugin"):
-        storage.read_bytes("nosuchscheme-xyz://bucket/ds/manifest.json")
+        url = "nosuchscheme-xyz://bucket/ds/manifest.json"
+        storage_for(url).read_bytes(url)
 
 
 def test_training_from_a_url_is_the_training_from_the_folder(local, remote, tmp_path):

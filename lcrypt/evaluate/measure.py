@@ -39,7 +39,7 @@ def dataset_specs(paths: list[str]) -> list[Path]:
 
 def load_split(spec: Path, split: str | None, limit: int | None) -> tuple[np.ndarray, str]:
     """The first ``limit`` decoded images of ``split`` (default: the first of test, val, validation)."""
-    from lcrypt.datasets import load_arrays
+    from lcrypt.sources import load_arrays
 
     splits = [split] if split else list(EVAL_SPLITS)
     for s in splits:
@@ -53,7 +53,8 @@ def load_split(spec: Path, split: str | None, limit: int | None) -> tuple[np.nda
 
 def iter_chunks(spec: Path, limit: int | None, chunk: int = 1000) -> Iterator[np.ndarray]:
     """Decoded images of every split of a dataset in chunks (bounded memory), up to ``limit`` per split."""
-    from lcrypt.datasets import decode_record, iter_records
+    from lcrypt.sources import iter_records
+    from lcrypt.sources.base import decode_record
 
     per_split: dict[str, int] = {}
     buf = []

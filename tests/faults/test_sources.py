@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from lcrypt import Key, shards, storage
-from lcrypt.datasets import (Record, Source, classes_from_names, decode_record, iter_records, match_owner,
-                             owners_of, parquet_split)
+from lcrypt import Key, shards
 from lcrypt.images import ImageRejected
 from lcrypt.manifest import Manifest
+from lcrypt.sources import iter_records, open_source
+from lcrypt.sources.base import Record, classes_from_names, decode_record, owners_of
+from lcrypt.sources.parquet import parquet_split
+from lcrypt.storage import LocalStorage
 from tests.test_datasets import make_images, make_parquet, png_bytes
 
 SCHEME = ["--scheme", "etc", "--param", "block_size=8"]
@@ -66,7 +68,7 @@ def tar_of(folder: Path, path: Path, top: str = "") -> Path:
 # -- 1. one per-file tree rule -------------------------------------------------------------------------
 def test_tree_rule_places_or_rejects_every_file_the_same_in_folders_and_tars(tmp_path):
     flat = make_flat(tmp_path / "flat")
-    for source in (Source.parse(str(flat)), Source.parse(str(tar_of(flat, tmp_path / "flat.tar.gz")))):
+    for source in (open_source(str(flat)), open_source(str(tar_of(flat, tmp_path / "flat.tar.gz")))):
         records = list(source)
         splits, classes, rejected = outcome(records)
         assert len(records) == 13 == sum(splits.values()) + len(rejected)
@@ -83,7 +85,7 @@ def test_tree_rule_places_or_rejects_every_file_the_same_in_folders_and_tars(tmp
     (tree / "cifar10" / "test" / ".hidden").mkdir()
     (tree / "cifar10" / "test" / ".hidden" / "x.png").write_bytes(b"x")
     (tree / "README.txt").write_text("hello")  # a file at the top
-    splits, classes, rejected = outcome(Source.parse(str(tree)))
+    splits, classes, rejected = outcome(open_source(str(tree)))
     assert splits == {"train": 2, "val": 2} and classes == ["cat", "dog"]  # one top folder; split names kept
     assert rejected == {"cifar10/test/0.png": "layout", "cifar10/test/.hidden/x.png": "hidden",
                         "README.txt": "layout"}
@@ -92,17 +94,17 @@ def test_tree_rule_places_or_rejects_every_file_the_same_in_folders_and_tars(tmp
     named = tmp_path / "named"
     write_pngs(named / "test", 2)
     write_pngs(named / "cat", 1)
-    assert outcome(Source.parse(str(named)))[2] == {"test/0.png": "layout", "test/1.png": "layout"}
-    splits, classes, rejected = outcome(Source.parse(str(named), layout="class"))
+    assert outcome(open_source(str(named)))[2] == {"test/0.png": "layout", "test/1.png": "layout"}
+    splits, classes, rejected = outcome(open_source(str(named), layout="class"))
     assert splits == {"train": 3} and classes == ["cat", "test"] and not rejected
     folds = tmp_path / "folds"
     write_pngs(folds / "fold1" / "cat", 2)
     write_pngs(folds / "fold2" / "dog", 1)
-    assert outcome(Source.parse(str(folds)))[2] == dict.fromkeys(
+    assert outcome(open_source(str(folds)))[2] == dict.fromkeys(
         ["fold1/cat/0.png", "fold1/cat/1.png", "fold2/dog/0.png"], "layout")
-    assert outcome(Source.parse(str(folds), layout="split"))[:2] == ({"fold1": 2, "fold2": 1}, ["cat", "dog"])
+    assert outcome(open_source(str(folds), layout="split"))[:2] == ({"fold1": 2, "fold2": 1}, ["cat", "dog"])
     with pytest.raises(ValueError, match="layout 'sideways'"):
-        Source.parse(str(folds), layout="sideways")
+        open_source(str(folds), layout="sideways")
 
 
 # -- 2. Parquet split names -----------------------------------------------------------------------------
@@ -114,7 +116,7 @@ def test_parquet_splits_follow_hugging_face_file_names(tmp_path):
              "data/contest.parquet": "all"}  # "test" inside a word is no keyword: the default split
     for rel in files:
         make_parquet(tmp_path / "pq" / rel, n=2)
-    source = Source.parse(str(tmp_path / "pq"), split="all")
+    source = open_source(str(tmp_path / "pq"), split="all")
     assert source.kind == "parquet" and dict(source.file_splits()) == files
     records = list(source)
     assert len(records) == 2 * len(files)
@@ -123,9 +125,9 @@ def test_parquet_splits_follow_hugging_face_file_names(tmp_path):
                                                   "all": 2}
     assert [parquet_split(f"{k}.parquet", "x") for k in ("training", "valid", "evaluation", "testing")] == [
         "train", "validation", "test", "test"]
-    one = Source.parse(str(tmp_path / "pq" / "default" / "test" / "0000.parquet"))
+    one = open_source(str(tmp_path / "pq" / "default" / "test" / "0000.parquet"))
     assert one.file_splits() == [("0000.parquet", "train")]  # a folder outside the source says nothing
-    assert Source.parse(str(make_flat(tmp_path / "flat"))).file_splits() == []
+    assert open_source(str(make_flat(tmp_path / "flat"))).file_splits() == []
 
 
 # -- 3. tar links ---------------------------------------------------------------------------------------
@@ -151,7 +153,7 @@ def make_linked_tar(path: Path) -> Path:
 
 def test_tar_links_are_reported_never_dropped(tmp_path):
     path = make_linked_tar(tmp_path / "links.tar")
-    source = Source.parse(str(path))
+    source = open_source(str(path))
     records = list(source)
     splits, classes, rejected = outcome(records)
     assert len(records) == 22 == sum(splits.values()) + len(rejected)
@@ -181,7 +183,7 @@ def test_tar_links_are_reported_never_dropped(tmp_path):
             add_member(tf, "train/cat/far.png", kind=tarfile.SYMTYPE, target=far)
             add_member(tf, "train/cat/pipe", kind=tarfile.FIFOTYPE)
             add_member(tf, "train/cat/0.png", png_bytes(make_images(1)[0]))
-        records = list(Source.parse(str(tmp_path / f"special-{fmt}.tar")))
+        records = list(open_source(str(tmp_path / f"special-{fmt}.tar")))
         assert outcome(records)[2] == {"train/cat/far.png": "link", "train/cat/pipe": "unreadable"}
         assert f"symbolic link to {far!r}" in records[0].layout_error and "is a FIFO" in records[1].layout_error
 
@@ -194,7 +196,7 @@ def test_tar_links_are_reported_never_dropped(tmp_path):
             add_member(tf, name, data)
         add_member(tf, "s2.cls", b"2")
         add_member(tf, "s2.png", kind=tarfile.SYMTYPE, target="s0.png")
-    records = list(Source.parse(str(tmp_path / "wds")))
+    records = list(open_source(str(tmp_path / "wds")))
     splits, classes, rejected = outcome(records)
     assert len(records) == 3 and splits == {"train": 2} and rejected == {"train/a-000000.tar#s2": "link"}
     assert "'s2.png' is a symbolic link to 's0.png'" in records[2].layout_error
@@ -208,14 +210,14 @@ def test_symlinked_folders_are_followed_loops_refused_unreadable_files_rejected(
     write_pngs(src / "test" / "cat", 2, seed=1)
     (src / "train").symlink_to(elsewhere / "train", target_is_directory=True)
     (src / "test" / "cat" / "broken.png").symlink_to(tmp_path / "nothing-here.png")
-    assert storage.walk(src) == ["test/cat/0.png", "test/cat/1.png", "test/cat/broken.png"]  # --out: no links
+    assert LocalStorage().list_files(src) == ["test/cat/0.png", "test/cat/1.png", "test/cat/broken.png"]  # no links
     listed = ["test/cat/0.png", "test/cat/1.png", "test/cat/broken.png", "train/cat/0.png", "train/cat/1.png",
               "train/cat/2.png"]
-    assert storage.walk(src, follow_links=True) == listed
-    from pipelines.sources import BeamFS, open_source
+    assert LocalStorage().list_files(src, follow_links=True) == listed
+    from pipelines.beamstorage import BEAM, pipeline_storage
 
-    assert BeamFS().walk(str(src)) == listed
-    for source in (Source.parse(str(src)), open_source(str(src))):
+    assert pipeline_storage(str(src)).list_files(str(src), follow_links=True) == listed
+    for source in (open_source(str(src)), open_source(str(src), remote=BEAM)):
         records = list(source)
         splits, classes, rejected = outcome(records)
         assert len(records) == 6 and splits == {"train": 3, "test": 2} and classes == ["cat"]
@@ -223,12 +225,12 @@ def test_symlinked_folders_are_followed_loops_refused_unreadable_files_rejected(
         assert "broken symbolic link" in records[2].layout_error
     if os.geteuid() != 0:  # root reads any file: the permission case needs an ordinary user
         (src / "test" / "cat" / "0.png").chmod(0)
-        assert outcome(Source.parse(str(src)))[2] == {"test/cat/broken.png": "unreadable",
+        assert outcome(open_source(str(src)))[2] == {"test/cat/broken.png": "unreadable",
                                                        "test/cat/0.png": "unreadable"}
 
     (elsewhere / "train" / "cat" / "again").symlink_to(elsewhere / "train", target_is_directory=True)
     with pytest.raises(ValueError, match="folder 'train/cat/again' links back to"):
-        storage.walk(src, follow_links=True)
+        LocalStorage().list_files(src, follow_links=True)
     with pytest.raises(ValueError, match="links back to"):
         list(iter_records(str(src)))
 
@@ -241,9 +243,9 @@ def test_labels_outside_the_class_list_are_rejected(tmp_path):
     wds = tmp_path / "wds"
     (wds / "train").mkdir(parents=True)
     shards.write_tar(wds / "train" / "a-000000.tar", members)
-    undeclared = list(Source.parse(str(wds)))
+    undeclared = list(open_source(str(wds)))
     (wds / "_info.json").write_text(json.dumps({"class_names": [f"c{i}" for i in range(10)]}))
-    declared = list(Source.parse(str(wds)))
+    declared = list(open_source(str(wds)))
     splits, classes, rejected = outcome(declared)
     assert splits == {"train": 2}
     assert rejected == {"train/a-000000.tar#s1": "label", "train/a-000000.tar#s2": "label"}
@@ -260,12 +262,12 @@ def test_labels_outside_the_class_list_are_rejected(tmp_path):
     table = pq.read_table(tmp_path / "named.parquet")
     table = table.set_column(1, "label", pa.array([1, 7, None], pa.int64()))
     pq.write_table(table, tmp_path / "named.parquet")
-    records = list(Source.parse(str(tmp_path / "named.parquet")))
+    records = list(open_source(str(tmp_path / "named.parquet")))
     assert outcome(records)[2] == {"named.parquet#1": "label", "named.parquet#2": "label"}
     assert "label 7 is outside the 3 declared classes" in records[1].layout_error
     pq.write_table(table.replace_schema_metadata({}).set_column(1, "label", pa.array([2, -1, 0])),
                    tmp_path / "plain.parquet")
-    splits, classes, rejected = outcome(Source.parse(str(tmp_path / "plain.parquet")))
+    splits, classes, rejected = outcome(open_source(str(tmp_path / "plain.parquet")))
     assert splits == {"train": 2} and classes == ["0", "1", "2"] and rejected == {"plain.parquet#1": "label"}
 
 
@@ -273,10 +275,10 @@ def test_labels_outside_the_class_list_are_rejected(tmp_path):
 def test_owners_of_lists_every_matching_owner_in_file_order(tmp_path):
     write_pngs(tmp_path / "src" / "cifar10" / "train" / "cat", 1)
     write_pngs(tmp_path / "src" / "cifar10" / "test" / "dog", 1)
-    cat, dog = list(Source.parse(str(tmp_path / "src")))[::-1]
+    cat, dog = list(open_source(str(tmp_path / "src")))[::-1]
     owners = [("b", ["*/cat/*"]), ("a", ["train/*"]), ("c", ["test/*", "*/dog/*"])]
     assert owners_of(cat, owners) == ["b", "a"] and owners_of(dog, owners) == ["c"]
-    assert owners_of(cat, [("c", ["test/*"])]) == [] and match_owner(cat, owners) == "b"
+    assert owners_of(cat, [("c", ["test/*"])]) == []
     grouped = Record("x.parquet#0", "train", "0", b"", group="site-A")
     assert owners_of(grouped, [("a", ["site-*"]), ("b", ["*-A"]), ("c", ["x*"])]) == ["a", "b"]
 
