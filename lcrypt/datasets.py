@@ -377,9 +377,9 @@ def tree_record(rel: str, data: bytes, default_split: str, layout: str = "auto",
 def iter_tar_tree(fileobj: IO[bytes], default_split: str = DEFAULT_SPLIT,
                   keep: Callable[[int], bool] | None = None, layout: str = "auto") -> Iterator[Record]:
     """Records of an ImageFolder tree inside a (compressed) tar stream, in archive order, unpacked never
-    (``keep(i)``: only the i-th files it accepts, see lcrypt.shards.iter_members). A link or other
+    (``keep(i)``: only the i-th files it accepts, see lcrypt.tarstream.iter_members). A link or other
     special member is a rejected record (reason ``link`` or ``unreadable``): only regular files are read."""
-    from lcrypt.shards import TarSpecial, iter_members
+    from lcrypt.tarstream import TarSpecial, iter_members
 
     for name, data in iter_members(fileobj, keep, links="yield"):
         rel = name.removeprefix("./")
@@ -390,7 +390,7 @@ def iter_tar_tree(fileobj: IO[bytes], default_split: str = DEFAULT_SPLIT,
 
 
 def _special_problem(member: Any, name: str) -> str:
-    """The rejection of a tar link or other special member (a lcrypt.shards.TarSpecial)."""
+    """The rejection of a tar link or other special member (a lcrypt.tarstream.TarSpecial)."""
     if member.is_link:
         return (f"link: {member.describe(name)}; only regular files are read (archive the file itself: "
                 "tar --hard-dereference for hard links, --dereference for symbolic ones)")
@@ -421,7 +421,7 @@ def iter_cifar(fileobj: IO[bytes]) -> Iterator[Record]:
     """Records of ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz`` (labels + declared names)."""
     batches: dict[str, bytes] = {}
     meta = None
-    from lcrypt.shards import iter_members
+    from lcrypt.tarstream import iter_members
 
     for name, data in iter_members(fileobj):
         base = posixpath.basename(name)
@@ -544,9 +544,10 @@ def iter_parquet(fileobj: IO[bytes], rel: str, image_column: str, label_column: 
 # -- WebDataset shards ------------------------------------------------------------------------------
 def iter_wds(fileobj: IO[bytes], rel: str, split: str, class_names: list[str] | None) -> Iterator[Record]:
     """Records of a WebDataset shard; a sample with a link (or other special) member is rejected."""
-    from lcrypt.shards import TarSpecial, _group_members, iter_members
+    from lcrypt.format import group_members
+    from lcrypt.tarstream import TarSpecial, iter_members
 
-    for key, sample in _group_members(iter_members(fileobj, links="yield"), rel):
+    for key, sample in group_members(iter_members(fileobj, links="yield"), rel):
         sid = f"{rel}#{key}"
         special = next(((ext, m) for ext, m in sample.items() if isinstance(m, TarSpecial)), None)
         found = [e for e in WDS_IMAGE_EXTS if e in sample]
@@ -586,7 +587,7 @@ def decode_record(record: Record, size: tuple[int, int] | None = None,
         h, w = (int(v) for v in record.ext[5:].split("x"))
         return _fit(np.frombuffer(record.data, np.uint8).reshape(h, w, 3), size, expect)
     if record.ext == "npy":
-        from lcrypt.shards import ShardFormatError, decode_image as decode_member
+        from lcrypt.format import ShardFormatError, decode_member
 
         try:
             return _fit(decode_member("x.npy", record.data), size, expect)
@@ -653,7 +654,7 @@ def load_arrays(spec: str | Source, split: str, limit: int | None = None, size: 
 
 def _declared_from_records(source: Source) -> list[str] | None:
     if source.kind == "cifar":
-        from lcrypt.shards import iter_members
+        from lcrypt.tarstream import iter_members
 
         with source.fs.open(source.path) as f:
             for name, data in iter_members(f):

@@ -26,14 +26,13 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
-from lcrypt import shards
-from lcrypt.manifest import (ERRORS_NAME, FRAGMENTS_NAME, INDEX_NAME, LOCK_NAME, MANIFEST_NAME, TIMM_INFO_NAME,
-                             Manifest, ManifestError)
+from lcrypt.format import (ERRORS_NAME, FRAGMENTS_NAME, INDEX_NAME, LOCK_NAME, MANIFEST_NAME, SHARD_RE, TIMM_INFO_NAME,
+                           Manifest, ManifestError, atomic_write)
 
 FRAGMENTS = FRAGMENTS_NAME  # encoded images between encryption and shard writing; removed at the end
 SCRATCH = (FRAGMENTS + "/", ".progress/")  # scratch folders (.progress: where older versions kept progress)
 OWN_FILES = (MANIFEST_NAME, INDEX_NAME, TIMM_INFO_NAME, ERRORS_NAME, LOCK_NAME)
-_ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # lcrypt.shards.atomic_write's temp names
+_ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # lcrypt.format.atomic_write's temp names
 _BEAM_TMP = re.compile(r"^(?P<name>.+)\.tmp-[0-9a-f]{32}$")  # write_atomic's temp names (object stores)
 
 
@@ -109,7 +108,7 @@ def classify(files: list[str], listed: set[str], unfinished: bool) -> tuple[list
     def ours(rel: str) -> bool:
         if rel in OWN_FILES or rel in listed or rel.startswith(SCRATCH):
             return True
-        if unfinished and shards.SHARD_RE.match(rel):
+        if unfinished and SHARD_RE.match(rel):
             return True
         target = _temp_target(rel)
         return target is not None and target != rel and ours(target)
@@ -161,7 +160,7 @@ def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
     try:
         if not is_remote(path):
             if durable:
-                shards.atomic_write(path, data)
+                atomic_write(path, data)
                 return
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"

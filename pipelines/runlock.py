@@ -16,7 +16,7 @@ import tempfile
 
 from apache_beam.io.filesystems import FileSystems
 
-from lcrypt import shards
+from lcrypt.format import SHARD_RE
 from lcrypt.lock import FileLock, LockBusy, describe_holder
 from pipelines import outdir
 from pipelines.options import PrepareError
@@ -163,6 +163,6 @@ def left_behind(out: str) -> str:
         files, _ = outdir.survey(out)
     except (OSError, ValueError):
         return f"--out {out} could not be listed"
-    n = sum(1 for f in files if shards.SHARD_RE.match(f))
+    n = sum(1 for f in files if SHARD_RE.match(f))
     return (f"--out {out} holds {n} complete shard(s) of an unfinished run and no manifest; run the same "
             "command with --overwrite to start over")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lcrypt import storage
-from lcrypt.manifest import Manifest, ManifestError, read_index
+from lcrypt.format import Manifest, ManifestError, read_index
 from lcrypt.verify import main as verify_main
 from lcrypt.verify import verify
 from loaders.dataset import make_loader

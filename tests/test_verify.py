@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from lcrypt.manifest import Manifest
+from lcrypt.format import Manifest
 from lcrypt.verify import main as verify_main
 from lcrypt.verify import verify
 from pipelines.prepare import run

@@ -312,7 +312,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def open_dataset(args: argparse.Namespace, world: int):
     """``(manifest, base folder)`` of ``--data``, with the splits this run reads and enough samples."""
-    from lcrypt.manifest import ManifestError
+    from lcrypt.format import ManifestError
     from loaders.dataset import load_manifest
     from loaders.plan import kept_per_rank
 
@@ -533,7 +533,7 @@ def peer_lost(exc: RuntimeError) -> bool:
 
 def shards_errors() -> tuple[type[BaseException], ...]:
     """What reading a damaged or vanished shard raises (also when re-raised by a DataLoader worker)."""
-    from lcrypt.shards import ShardFormatError
+    from lcrypt.format import ShardFormatError
 
     return ShardFormatError, OSError
 
