@@ -176,8 +176,8 @@ def reference_batches(ds: ShardDataset, start_step: int = 0) -> list[tuple[list[
 @pytest.mark.parametrize("rank,world,workers,batch,buffer,epoch,start", [
     (0, 1, 1, 4, 5, 0, 0), (1, 2, 2, 3, 4, 1, 0), (0, 2, 2, 5, 2000, 2, 0), (1, 2, 3, 2, 3, 0, 4),
     (0, 1, 2, 7, 6, 3, 3)])
-def test_loader_batches_equal_the_dict_per_sample_reference(dataset, rank, world, workers, batch, buffer, epoch,
-                                                            start):
+def test_loader_batches_equal_the_per_sample_reference(dataset, rank, world, workers, batch, buffer, epoch,
+                                                       start):
     ds = ShardDataset(dataset["data"], "train", batch, rank=rank, world=world, num_workers=workers, seed=5,
                       buffer=buffer)
     ds.set_epoch(epoch, start)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import struct
@@ -91,6 +92,27 @@ def test_tar_is_deterministic_and_readable_by_tarfile_and_webdataset(tmp_path, r
     got = list(wds.WebDataset(str(tmp_path / "s.tar"), shardshuffle=False))
     assert [s["__key__"] for s in got] == [f"{i:020x}" for i in range(5)]
     assert [int(s["cls"]) for s in got] == list(range(5))
+
+
+def test_shard_writer_gives_the_shard_and_its_manifest_entry(rng):
+    writer = ShardWriter("npy")
+    images = [rng.integers(0, 256, (4, 6, 3), dtype=np.uint8) for _ in range(3)]
+    samples = [(f"{i:020x}", 7 - i, writer.encode(img)) for i, img in enumerate(images)]
+    data, entry = writer.shard("train", "hospital-a", 3, samples)
+    assert entry == ShardEntry("train/hospital-a-000003.tar", "hospital-a", "train", 3, len(data),
+                               hashlib.sha256(data).hexdigest())
+    assert data == tar_bytes(writer.members(samples))
+    got = list(read_samples(data, "u"))
+    assert [(k, decode_label(lab), ext) for k, lab, ext, _, _ in got] == [(f"{i:020x}", 7 - i, "npy")
+                                                                          for i in range(3)]
+    assert all(np.array_equal(decode_member("k.npy", s[3]), img) for s, img in zip(got, images))
+    for bad in (samples[::-1], [samples[0], samples[0]]):  # unsorted, a key twice: not a deterministic shard
+        with pytest.raises(ValueError, match="sorted by key, each key once"):
+            writer.shard("train", "hospital-a", 3, bad)
+    with pytest.raises(ValueError, match="must not contain"):
+        writer.members([("a.b", 1, b"x")])
+    with pytest.raises(ValueError, match="unknown encoding"):
+        ShardWriter("gif")
 
 
 def test_streaming_reader_handles_gzip_pax_and_long_names():

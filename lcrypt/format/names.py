@@ -23,8 +23,7 @@ import re
 
 ENCODINGS = ("png", "npy", "jpeg")
 IMAGE_EXT = {"png": "png", "npy": "npy", "jpeg": "jpg"}  # encoding -> member extension
-EXT_ENCODING = {v: k for k, v in IMAGE_EXT.items()}
-IMAGE_EXTS = frozenset(EXT_ENCODING)  # the image members a shard may hold: png, npy, jpg
+IMAGE_EXTS = frozenset(IMAGE_EXT.values())  # the image members a shard may hold: png, npy, jpg
 LABEL_EXT = "cls"
 KEY_HEX_DIGITS = 20  # 80 bits: collision odds ~ n^2 / 2^81, negligible for any real dataset
 OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
