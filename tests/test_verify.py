@@ -86,12 +86,13 @@ def test_a_sample_that_breaks_the_sample_rule_is_named_and_the_rest_is_read(copy
     with open(copy / entry.path, "rb") as f:
         members = list(iter_members(f))
     key = members[0][0].split(".")[0]
-    entry.bytes, entry.sha256 = write_tar(copy / entry.path, members[:2] + [(f"{key}.json", b"{}")] + members[2:])
+    odd = members[:2] + [(f"{key}.json", b"{}")] + members[2:]
+    entry.bytes, entry.sha256 = write_tar(copy / entry.path, odd)
     m.save(copy)
     problems, totals = verify(copy)
-    assert problems == [f"{entry.path}: sample {key!r} holds member(s) .json which lcrypt shards never contain; "
-                        "refusing it (pickles and other types are never decoded). Re-create the dataset with "
-                        "`lcrypt prepare`"]
+    assert problems == [f"{entry.path}: sample {key!r} holds member(s) .json which lcrypt shards never "
+                        "contain; refusing it (pickles and other types are never decoded). Re-create the "
+                        "dataset with `lcrypt prepare`"]
     assert totals["samples"] == sum(s.count for s in m.shards)  # every sample counted, the odd one too
 
 
