@@ -30,14 +30,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lcrypt import Key, shards  # noqa: E402
+from lcrypt import Key  # noqa: E402
+from lcrypt.tarstream import iter_members  # noqa: E402
 
 
 def make_slice(archive: Path, work: Path) -> dict[str, Path]:
     """CIFAR-10's test split as ``cifar-test.tar`` and as the folder ``folder/test/<class>/<file>``."""
     tar_path, folder = work / "cifar-test.tar", work / "folder"
     with open(archive, "rb") as f, tarfile.open(tar_path, "w") as out:
-        for name, data in shards.iter_members(f):
+        for name, data in iter_members(f):
             if not name.startswith("cifar10/test/"):
                 continue
             ti = tarfile.TarInfo(name)

@@ -33,7 +33,7 @@ def floor(members: list[tuple[str, bytes]], encoding: str, quality: int = 85) ->
     """Seconds to decode and re-encode every image (simplejpeg; zlib PNG for lossless), nothing else."""
     import simplejpeg
 
-    from lcrypt.shards import encode_png
+    from lcrypt.format import encode_png
 
     t = time.perf_counter()
     for _, data in members:

@@ -6,11 +6,12 @@ Makes (once, with the real `prepare` pipeline) plain CIFAR-10 as lossless PNG sh
 (quality 90, 4:4:4) shards, then times, in one process (= one DataLoader worker's work):
 
 * ``array``    batches sliced from an in-memory uint8 numpy array (the floor: no I/O, no decoding);
-* ``records``  the loader's shard reader alone (lcrypt.shards.iter_records: tar -> checked records);
-* ``tar dicts`` the general streaming reader (lcrypt.shards.iter_samples: one dict per sample);
+* ``samples``  the loader's shard reader alone (lcrypt.format.read_samples: tar -> checked samples);
+* ``tar dicts`` the general streaming reader (lcrypt.tarstream.iter_members grouped by
+  lcrypt.format.group_members: one dict per sample);
 * ``loader``   the full ShardDataset stage chain (read, member check, shuffle buffer, batch decode);
-* ``dict path`` the same stages the way the loader ran them before records (iter_samples dicts,
-  check_sample, one rng draw per sample, decode_sample per image, np.stack): the side-by-side baseline;
+* ``dict path`` the same stages one sample at a time (streaming reader dicts, the sample rule, one rng
+  draw per sample, one decode_member per image, np.stack): the side-by-side baseline;
 * ``2 workers`` the loader through torch's DataLoader with 2 worker processes (total, both cores).
 
 Target from the issue: >= 20,000 img/s per core for 32x32 JPEG. Each figure is the best of 3 runs
@@ -62,10 +63,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from lcrypt import Key, shards
+    from lcrypt import Key
+    from lcrypt.format import Manifest, decode_shard, group_members, read_samples
     from lcrypt.storage import storage_for
-    from lcrypt.manifest import Manifest
     from lcrypt.table import format_table
+    from lcrypt.tarstream import iter_members
     from loaders.dataset import resolve_shard
     from loaders.torch_dataset import make_loader
     from pipelines.prepare import run as prepare
@@ -88,7 +90,7 @@ def main(argv=None) -> int:
         n = m.num_samples(split)
         urls = [resolve_shard(str(data), e.path) for e in m.shards_for(split)]
         blobs = [storage_for(url).read_bytes(url) for url in urls]
-        arr = np.stack([img for e in m.shards_for(split) for _, img, _ in shards.read_shard(data / e.path)])
+        arr = np.stack([img for e in m.shards_for(split) for _, img, _ in decode_shard(data / e.path)])
         labels = np.zeros(len(arr), dtype=np.int64)
 
         def from_array():
@@ -100,11 +102,11 @@ def main(argv=None) -> int:
                 k += len(b["label"])
             return k
 
-        def records():
-            return sum(1 for blob in blobs for _ in shards.iter_records(blob))
+        def samples():
+            return sum(1 for blob in blobs for _ in read_samples(blob))
 
         def tar_dicts():
-            return sum(1 for blob in blobs for _ in shards.iter_samples(io.BytesIO(blob)))
+            return sum(1 for blob in blobs for _ in group_members(iter_members(io.BytesIO(blob)), ""))
 
         def loader(workers: int):
             def go():
@@ -115,49 +117,47 @@ def main(argv=None) -> int:
         def dict_path():
             return sum(len(b["label"]) for b in dict_path_batches(blobs, args.batch, buffer=1000))
 
-        r_arr, r_rec, r_tar = timed(from_array), timed(records), timed(tar_dicts)
+        r_arr, r_rec, r_tar = timed(from_array), timed(samples), timed(tar_dicts)
         r_load, r_dict = timed_side_by_side(loader(0), dict_path)
         r_two = timed(loader(2), repeat=2)
         mb = sum(len(b) for b in blobs) / n
         rows.append([enc, n, f"{mb:,.0f}", round(r_arr), round(r_rec), round(r_tar), round(r_load), round(r_dict),
                      f"{r_load / r_dict:.2f}", round(r_two), f"{r_load / r_arr:.3f}"])
-    print(format_table(rows, ["shards", "images", "bytes/img", "array img/s", "records img/s", "tar dicts img/s",
+    print(format_table(rows, ["shards", "images", "bytes/img", "array img/s", "samples img/s", "tar dicts img/s",
                               "loader 1 proc img/s", "dict path 1 proc img/s", "loader / dict path",
                               "loader 2 workers img/s", "loader / array"]))
     return 0
 
 
 def dict_path_batches(blobs, batch: int, buffer: int, seed: int = 0):
-    """Batches made the way ShardDataset made them before it carried records (the baseline column).
+    """Batches made one sample at a time (the baseline column).
 
-    Per sample: a dict from iter_samples, check_sample, one ``rng.integers`` call in the shuffle
-    buffer, one decode (JPEG: header read + allocation; PNG: Pillow, as before the zlib fast path)
-    and label parse; per batch: np.stack and torch.tensor over a Python list of labels.
+    Per sample: a dict from the streaming reader, the sample rule (make_sample), one ``rng.integers``
+    call in the shuffle buffer, one decode_member (JPEG: header read + allocation) and label parse; per
+    batch: np.stack and torch.tensor over a Python list of labels.
     """
     import torch
 
-    from lcrypt import shards
-    from loaders.dataset import check_sample, shuffle_buffer
+    from lcrypt.format import decode_label, decode_member, group_members, make_sample
+    from lcrypt.tarstream import iter_members
+    from loaders.dataset import shuffle_buffer
 
     def samples():
         for blob in blobs:
-            for sample in shards.iter_samples(io.BytesIO(blob)):
-                check_sample(sample, "")
-                yield sample
+            for key, parts in group_members(iter_members(io.BytesIO(blob)), ""):
+                yield make_sample(key, parts)
 
-    def decode(sample: dict) -> tuple[np.ndarray, int]:
-        ext, data = shards.image_member(sample)
-        if ext == "png":
-            return shards._decode_png_pillow(data), shards.decode_label(sample[shards.LABEL_EXT])
-        return shards.decode_sample(sample)
+    def decode(sample) -> tuple[np.ndarray, int]:
+        key, label, ext, data, _ = sample
+        return decode_member(f"{key}.{ext}", data), decode_label(label)
 
-    chunk: list[dict] = []
+    chunk: list = []
     for sample in shuffle_buffer(samples(), buffer, np.random.default_rng(seed)):
         chunk.append(sample)
         if len(chunk) == batch:
             images, labels = zip(*(decode(s) for s in chunk))
             yield {"image": torch.from_numpy(np.stack(images)), "label": torch.tensor(labels, dtype=torch.int64),
-                   "key": [s["__key__"] for s in chunk]}
+                   "key": [s[0] for s in chunk]}
             chunk = []
 
 

@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from baseline_loop import floor, plain_loop, read_members  # noqa: E402
 
-from lcrypt import Key, shards  # noqa: E402
-from lcrypt.manifest import Manifest  # noqa: E402
+from lcrypt import Key  # noqa: E402
+from lcrypt.format import Manifest, decode_member, encode_image  # noqa: E402
 from lcrypt.table import format_table  # noqa: E402
+from lcrypt.tarstream import iter_members  # noqa: E402
 
 DATASETS = {
     "cifar10": ("cifar10-jpeg.tar.gz", 8),
@@ -61,7 +62,7 @@ def prepare(archive: Path, out: Path, key: Path, scheme: str, block: int, encodi
     payload = 0
     for s in m.shards:
         with open(out / s.path, "rb") as f:
-            payload += sum(len(d) for name, d in shards.iter_members(f) if not name.endswith(".cls"))
+            payload += sum(len(d) for name, d in iter_members(f) if not name.endswith(".cls"))
     return {"wall": wall, "n": n, "disk": disk, "payload": payload}
 
 
@@ -81,10 +82,10 @@ def encoding_costs(members: list[tuple[str, bytes]], block: int) -> list[list]:
         Image.fromarray(im).save(buf, format="PNG")
         return buf.getvalue()
 
-    ways = {"png (lcrypt zlib writer)": ("png", lambda im: shards.encode_image(im, "png")),
+    ways = {"png (lcrypt zlib writer)": ("png", lambda im: encode_image(im, "png")),
             "png (Pillow, default)": ("png", pil_png),
-            "npy": ("npy", lambda im: shards.encode_image(im, "npy")),
-            "jpeg q85 (simplejpeg)": ("jpg", lambda im: shards.encode_image(im, "jpeg", 85))}
+            "npy": ("npy", lambda im: encode_image(im, "npy")),
+            "jpeg q85 (simplejpeg)": ("jpg", lambda im: encode_image(im, "jpeg", 85))}
     rows = []
     for label, (ext, fn) in ways.items():
         t = time.perf_counter()
@@ -92,7 +93,7 @@ def encoding_costs(members: list[tuple[str, bytes]], block: int) -> list[list]:
         te = time.perf_counter() - t
         t = time.perf_counter()
         for b in blobs:
-            shards.decode_image(f"k.{ext}", b)
+            decode_member(f"k.{ext}", b)
         td = time.perf_counter() - t
         size = sum(len(b) for b in blobs) / len(blobs)
         tar = sum(512 + len(b) + (-len(b) % 512) + 1024 for b in blobs) / len(blobs)

@@ -4,8 +4,8 @@
         --runs plain:convmixer,etc:convmixer --budget-s 180 [--throughput]
 
 1. Datasets. The lent GPU machine has no Apache Beam, so this script writes the shards itself with
-   lcrypt's own format functions (:func:`lcrypt.shards.encode_sample`, :func:`lcrypt.shards.write_tar`,
-   :class:`lcrypt.manifest.Manifest`) — the same files `lcrypt prepare` writes (PNG, one key, 10 shards
+   lcrypt's own format (:class:`lcrypt.format.ShardWriter`, the writer `lcrypt prepare` uses, and
+   :class:`lcrypt.format.Manifest`) — the same files `lcrypt prepare` writes (PNG, one key, 10 shards
    per split), made from ``lcrypt.sources.load_arrays`` and ``scheme.encrypt`` in a process pool. The
    time to make them is reported apart and is not part of any training wall time.
 2. ``--throughput``: one ConvMixer-256/8 (patch 1, kernel 9) training step (AdamW, batch 512) timed with
@@ -38,44 +38,42 @@ SHARDS_PER_SPLIT = 10
 _STATE: dict = {}
 
 
-def _write_shard(i: int) -> dict:
-    from lcrypt import shards
+def _write_shard(i: int):
+    from lcrypt.format import ShardWriter, atomic_write
 
     s = _STATE
-    idx = np.nonzero(s["assign"] == i)[0]
-    members = []
-    for j in idx:
-        members += shards.encode_sample(s["keys"][j], s["images"][j], int(s["labels"][j]), "png")
-    rel = shards.shard_path(s["split"], "owner", i)
-    size, digest = shards.write_tar(Path(s["out"]) / rel, members)
-    return {"path": rel, "owner": "owner", "split": s["split"], "count": int(len(idx)), "bytes": size,
-            "sha256": digest}
+    writer = ShardWriter("png")
+    samples = [(s["keys"][j], int(s["labels"][j]), writer.encode(s["images"][j]))
+               for j in np.nonzero(s["assign"] == i)[0]]
+    data, entry = writer.shard(s["split"], "owner", i, samples)
+    atomic_write(Path(s["out"]) / entry.path, data)
+    return entry
 
 
 def build_dataset(arrays: dict, scheme_name: str, params: dict, out: Path, key) -> float:
     """Encrypt every split with ``key`` and write lcrypt shards + manifest; returns seconds."""
-    from lcrypt import get_scheme, shards
-    from lcrypt.manifest import Manifest, OwnerEntry, ShardEntry
+    from lcrypt import get_scheme
+    from lcrypt.format import Manifest, OwnerEntry, sample_key, sample_key_salt, shard_of, shard_path
 
     t0 = time.perf_counter()
     scheme = get_scheme(scheme_name, **params)
-    salt = shards.sample_key_salt(key)
+    salt = sample_key_salt(key)
     entries, counts, rows = [], {}, []
     for split, (images, labels, names) in arrays.items():
         enc = scheme.encrypt(images, key)
-        keys = [shards.sample_key(f"{split}/{i}", salt) for i in range(len(images))]
+        keys = [sample_key(f"{split}/{i}", salt) for i in range(len(images))]
         order = np.argsort(keys)
         _STATE.update(images=enc[order], labels=labels[order], keys=[keys[i] for i in order], split=split,
-                      out=str(out), assign=np.array([shards.shard_of(keys[i], SHARDS_PER_SPLIT) for i in order]))
+                      out=str(out), assign=np.array([shard_of(keys[i], SHARDS_PER_SPLIT) for i in order]))
         with get_context("fork").Pool(min(16, os.cpu_count() or 1)) as pool:
             entries += pool.map(_write_shard, range(SHARDS_PER_SPLIT))
         counts[split] = len(images)
-        rows += [{"key": k, "shard": shards.shard_path(split, "owner", int(a)), "label": int(l), "owner": "owner",
+        rows += [{"key": k, "shard": shard_path(split, "owner", int(a)), "label": int(l), "owner": "owner",
                   "split": split} for k, a, l in zip(_STATE["keys"], _STATE["assign"], _STATE["labels"])]
     h, w = next(iter(arrays.values()))[0].shape[1:3]
     m = Manifest(name=f"cifar10-{scheme_name}", scheme=scheme.info.name, scheme_params=dict(scheme.params),
                  owners=[OwnerEntry("owner", key.key_id, counts)], class_names=list(names),
-                 image_shape=[int(h), int(w), 3], encoding="png", shards=[ShardEntry(**e) for e in entries],
+                 image_shape=[int(h), int(w), 3], encoding="png", shards=entries,
                  scheme_info=scheme.info.as_dict(h, w), source={"format": "imagefolder-tar", "by": "bench/gpu_cifar.py"})
     m.save(out, index=rows)
     return time.perf_counter() - t0
@@ -85,7 +83,7 @@ def throughput(manifest: Path, batch: int = 512, fp32: bool = False) -> dict:
     """ConvMixer-256/8 p1 k9 step time per variant (precision, layout, depthwise) and loader time per batch."""
     import torch
 
-    from lcrypt.manifest import Manifest
+    from lcrypt.format import Manifest
     from loaders.augment import AugmentConfig, EncryptedAugment, normalize
     from loaders.gpu import GPUResident
     from training.models import create_model

@@ -49,7 +49,7 @@ from lcrypt.images import ALLOWED_FORMATS, decode_image
 from lcrypt.keys import Key, KeyFileError
 from lcrypt.preview import center_crop_square, preview_grid, save_png
 from lcrypt.schemes import Scheme, get_scheme, list_schemes
-from lcrypt.shards import check_owner
+from lcrypt.format import check_owner
 from lcrypt.table import format_table
 
 MARK_KEYWORD = "lcrypt"  # the PNG text chunk `lcrypt encrypt` writes

@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
+from lcrypt.format import atomic_write
 from lcrypt.keys import Key
 from lcrypt.schemes import get_scheme, list_schemes
-from lcrypt.shards import atomic_write
 
 CELL = 96
 LABEL_HEIGHT = 14

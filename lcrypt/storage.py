@@ -130,7 +130,7 @@ class LocalStorage(Storage):
         return files, links
 
     def write_atomic(self, path: str, data: bytes, durable: bool = True) -> None:
-        from lcrypt.shards import atomic_write
+        from lcrypt.format import atomic_write
 
         path = local_path(path)
         if durable:

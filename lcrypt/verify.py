@@ -21,9 +21,10 @@ import os
 import posixpath
 import sys
 from collections import defaultdict
-from lcrypt import shards
-from lcrypt.manifest import (ERRORS_NAME, FRAGMENTS_NAME, INDEX_COLUMNS, INDEX_NAME, LOCK_NAME, MANIFEST_NAME,
-                             TIMM_INFO_NAME, Manifest, ManifestError, read_index)
+from lcrypt.format import (ERRORS_NAME, FRAGMENTS_NAME, IMAGE_EXT, INDEX_COLUMNS, INDEX_NAME, LOCK_NAME,
+                           MANIFEST_NAME, TIMM_INFO_NAME, Manifest, ManifestError, ShardFormatError, count_problem,
+                           decode_label, decode_member, group_members, make_sample, parse_shard_path, read_index,
+                           shard_members)
 from lcrypt.storage import Storage, join, storage_for
 
 SCRATCH = (FRAGMENTS_NAME,)  # prepare's scratch folders, removed at its end
@@ -52,7 +53,7 @@ def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str
     for extra in sorted(set(by_shard) - listed):
         problems.append(f"index.parquet lists {len(by_shard[extra])} samples in shard {extra}, "
                         "which the manifest does not list")
-    expected_ext = shards.IMAGE_EXT.get(m.encoding)
+    expected_ext = IMAGE_EXT.get(m.encoding)
     h, w = m.image_shape[:2]
     for entry in m.shards:
         path = join(directory, entry.path)
@@ -71,38 +72,40 @@ def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str
             problems.append(f"{entry.path}: sha256 {digest[:16]}… differs from the manifest's "
                             f"{entry.sha256[:16]}… (the file was modified or corrupted)")
         try:
-            split, owner, _ = shards.parse_shard_path(entry.path)
+            split, owner, _ = parse_shard_path(entry.path)
             if (split, owner) != (entry.split, entry.owner):
                 problems.append(f"{entry.path}: name says split {split} owner {owner}, the manifest says "
                                 f"{entry.split} {entry.owner}")
         except ValueError as exc:
             problems.append(str(exc))
-        keys, bad = [], 0
+        keys = []
         try:
-            import io
-
-            for sample in shards.iter_samples(io.BytesIO(data), url=entry.path):
-                key = sample["__key__"]
+            for key, parts in group_members(shard_members(data), entry.path):
                 keys.append(key)
-                members = sorted(k for k in sample if not k.startswith("__"))
-                if members != sorted([shards.LABEL_EXT, expected_ext]):
-                    problems.append(f"{entry.path}: sample {key} has members {members}, expected "
-                                    f"{sorted([shards.LABEL_EXT, expected_ext])}")
-                    bad += 1
+                try:
+                    _, label_bytes, ext, image, _ = make_sample(key, parts, entry.path)
+                except ShardFormatError as exc:  # not one label and one image: name it, read the rest
+                    problems.append(str(exc))
                     continue
-                label = shards.decode_label(sample[shards.LABEL_EXT])
+                if ext != expected_ext:
+                    problems.append(f"{entry.path}: sample {key} holds a .{ext} image, but the manifest's "
+                                    f"encoding {m.encoding!r} stores .{expected_ext} images")
+                    continue
+                label = decode_label(label_bytes)
                 if not 0 <= label < max(1, m.num_classes):
-                    problems.append(f"{entry.path}: sample {key} has label {label}, outside 0..{m.num_classes - 1}")
+                    problems.append(f"{entry.path}: sample {key} has label {label}, outside "
+                                    f"0..{m.num_classes - 1}")
                 if decode:
-                    img = shards.decode_image(f"{key}.{expected_ext}", sample[expected_ext])
+                    img = decode_member(f"{key}.{ext}", image)
                     if img.shape != (h, w, 3):
-                        problems.append(f"{entry.path}: sample {key} decodes to {img.shape}, expected {(h, w, 3)}")
-        except (shards.ShardFormatError, ValueError) as exc:
+                        problems.append(f"{entry.path}: sample {key} decodes to {img.shape}, expected "
+                                        f"{(h, w, 3)}")
+        except ValueError as exc:  # ShardFormatError included
             problems.append(f"{entry.path}: not a readable lcrypt shard: {exc}")
             continue
         totals["samples"] += len(keys)
-        if len(keys) != entry.count:
-            problems.append(f"{entry.path}: holds {len(keys)} samples, the manifest says {entry.count}")
+        if problem := count_problem(entry, len(keys)):
+            problems.append(f"{entry.path}: {problem}")
         if keys != sorted(keys):
             problems.append(f"{entry.path}: samples are not sorted by key (not written by lcrypt prepare?)")
         rows = by_shard.get(entry.path, [])

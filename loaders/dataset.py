@@ -1,21 +1,21 @@
 """Streaming, resumable, rank-disjoint reading of a published lcrypt dataset (shards + manifest).
 
-The format comes from :mod:`lcrypt.shards` and :mod:`lcrypt.manifest`; this module only decides which
+The format comes from :mod:`lcrypt.format`; this module only decides which
 samples each rank and worker reads (:mod:`loaders.plan`), in which order, and batches them. Stages, in
 the webdataset manner, each a small generator::
 
-    pieces of shards (plan) -> read_shard (records via lcrypt.shards.iter_records, members checked,
+    pieces of shards (plan) -> read_shard (samples via lcrypt.format.read_samples, members checked,
         shard checked against its manifest entry) -> shuffle_buffer (seeded per epoch, rank and worker)
         -> skip (resume) -> batch -> decode (image size and label range checked against the manifest)
 
-A sample travels as a :data:`lcrypt.shards.Record` tuple ``(key, label bytes, ext, image bytes, url)``
-and is decoded only once its batch is complete, by :func:`lcrypt.shards.decode_records`, straight into
+A sample travels as a :data:`lcrypt.format.Sample` tuple ``(key, label bytes, ext, image bytes, url)``
+and is decoded only once its batch is complete, by :func:`lcrypt.format.decode_samples`, straight into
 one ``(B, H, W, 3)`` array: on 32x32 images the per-sample Python work, not the pixels, is what limits
 a worker (bench/bench_loader.py).
 
-Safety: members are decoded only by lcrypt.shards' decoders (PNG, NPY without pickle, JPEG by
+Safety: members are decoded only by lcrypt.format's decoders (PNG, NPY without pickle, JPEG by
 simplejpeg); a sample holding any other member (``.pyd``, ``.pickle``, ``.pth``...) is refused
-with :class:`~lcrypt.shards.ShardFormatError` naming the shard and member. Shard paths come from the
+with :class:`~lcrypt.format.ShardFormatError` naming the shard and member. Shard paths come from the
 manifest and must match lcrypt's shard-name rule (relative, no scheme), so no ``pipe:`` URL or absolute
 path from a manifest is ever opened.
 
@@ -34,12 +34,12 @@ import collections
 import hashlib
 import itertools
 import os
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lcrypt import shards
-from lcrypt.manifest import Manifest, ShardEntry, dataset_folder
+from lcrypt.format import (Manifest, Sample, ShardEntry, ShardFormatError, count_problem, dataset_folder,
+                           decode_samples, parse_shard_path, read_samples)
 from lcrypt.storage import join, storage_for
 from loaders import plan as planning
 
@@ -64,7 +64,7 @@ def check_key_ids(manifest: Manifest, expected: Sequence[str] | None, what: str 
 
 def resolve_shard(base: str, rel: str) -> str:
     """Local path or fsspec URL of a shard; refuses names outside lcrypt's shard-name rule."""
-    shards.parse_shard_path(rel)  # ValueError for '..', absolute paths, 'pipe:' and anything else
+    parse_shard_path(rel)  # ValueError for '..', absolute paths, 'pipe:' and anything else
     if base.startswith("pipe:"):
         raise ValueError("pipe: URLs are never opened (they run a shell command); give a path or fsspec URL")
     return join(base, rel)
@@ -75,26 +75,10 @@ def load_manifest(path: str | os.PathLike) -> tuple[Manifest, str]:
     return Manifest.load(path), dataset_folder(path)
 
 
-ALLOWED_EXTS = frozenset({shards.LABEL_EXT, *shards.EXT_ENCODING})
-
-
-def check_sample(sample: Mapping[str, Any], url: str) -> None:
-    """A dict sample (from :func:`lcrypt.shards.iter_samples`) may hold only lcrypt's member types.
-
-    The loaders themselves read :func:`lcrypt.shards.iter_records`, which applies the same rule.
-    """
-    extra = sorted(k for k in sample if not k.startswith("__") and k not in ALLOWED_EXTS)
-    if extra:
-        raise shards.ShardFormatError(
-            f"{url}: sample {sample.get('__key__')!r} holds member(s) .{', .'.join(extra)} which lcrypt "
-            "shards never contain; refusing it (pickles and other types are never decoded). Re-create the "
-            "dataset with `lcrypt prepare`")
-
-
-def _damaged(url: str, entry: ShardEntry, what: str) -> shards.ShardFormatError:
+def _damaged(url: str, entry: ShardEntry, what: str) -> ShardFormatError:
     """A ShardFormatError naming the shard, with what to do next."""
     folder = url[:-len(entry.path)].rstrip("/\\") or "."
-    return shards.ShardFormatError(f"{url}: {what}; the dataset folder is damaged or was changed after "
+    return ShardFormatError(f"{url}: {what}; the dataset folder is damaged or was changed after "
                                    f"`lcrypt prepare` (run `lcrypt verify {folder}`)")
 
 
@@ -125,8 +109,8 @@ def check_shards(manifest: Manifest, base: str, splits: Sequence[str]) -> list[s
     return problems
 
 
-def read_shard(url: str, entry: ShardEntry, verify_sha256: bool = False) -> list[shards.Record]:
-    """All records of one shard (members checked, nothing decoded), checked against its manifest entry.
+def read_shard(url: str, entry: ShardEntry, verify_sha256: bool = False) -> list[Sample]:
+    """All samples of one shard (members checked, nothing decoded), checked against its manifest entry.
 
     Why the whole shard even when a plan uses a piece of it: the shard is read whole anyway, and only
     counting all its samples tells a short or padded shard from a good one.
@@ -136,7 +120,7 @@ def read_shard(url: str, entry: ShardEntry, verify_sha256: bool = False) -> list
     except FileNotFoundError:
         raise _damaged(url, entry, "the shard is missing") from None
     except OSError as exc:
-        raise shards.ShardFormatError(f"{url}: cannot read the shard: {exc}") from None
+        raise ShardFormatError(f"{url}: cannot read the shard: {exc}") from None
     if len(data) != entry.bytes:
         raise _damaged(url, entry, f"the shard is {len(data)} bytes, the manifest says {entry.bytes}")
     if verify_sha256:
@@ -144,14 +128,14 @@ def read_shard(url: str, entry: ShardEntry, verify_sha256: bool = False) -> list
         if digest != entry.sha256:
             raise _damaged(url, entry, f"sha256 {digest} does not match the manifest's {entry.sha256}")
     try:
-        records = list(shards.iter_records(data, url))
-    except shards.ShardFormatError as exc:  # tar-level errors do not know the shard: name it
+        samples = list(read_samples(data, url))
+    except ShardFormatError as exc:  # tar-level errors do not know the shard: name it
         if str(exc).startswith(url):
             raise
-        raise shards.ShardFormatError(f"{url}: {exc}") from None
-    if len(records) != entry.count:
-        raise _damaged(url, entry, f"the shard holds {len(records)} samples, the manifest says {entry.count}")
-    return records
+        raise ShardFormatError(f"{url}: {exc}") from None
+    if problem := count_problem(entry, len(samples)):
+        raise _damaged(url, entry, problem)
+    return samples
 
 
 def loader_error_message(exc: BaseException) -> str:
@@ -207,15 +191,15 @@ def _slot_draws(rng: np.random.Generator, size: int, count: int | None, block: i
         yield int(rng.integers(size))
 
 
-def decode_batch(records: list[shards.Record], shape: Sequence[int] | None = None,
+def decode_batch(samples: list[Sample], shape: Sequence[int] | None = None,
                  num_classes: int | None = None) -> dict[str, Any]:
-    """Decode a batch's records with lcrypt.shards (safe decoders only) into uint8 images and labels;
+    """Decode a batch's samples with lcrypt.format (safe decoders only) into uint8 images and labels;
     ``shape`` and ``num_classes`` are the manifest's (image size and label range checked)."""
     import torch
 
-    images, labels = shards.decode_records(records, shape, num_classes)
+    images, labels = decode_samples(samples, shape, num_classes)
     return {"image": torch.from_numpy(images), "label": torch.from_numpy(labels),
-            "key": [r[0] for r in records]}
+            "key": [s[0] for s in samples]}
 
 
 class ShardDataset:
@@ -270,16 +254,16 @@ class ShardDataset:
                 "num_workers": self.num_workers, "world": self.world}
 
     # -- reading --------------------------------------------------------------------------------
-    def worker_samples(self, plan: planning.EpochPlan, worker: int) -> Iterator[shards.Record]:
-        """Records of one worker's pieces, in order, buffer-shuffled when training."""
+    def worker_samples(self, plan: planning.EpochPlan, worker: int) -> Iterator[Sample]:
+        """Samples of one worker's pieces, in order, buffer-shuffled when training."""
         wp = plan.workers[worker]
 
         def raw():
             # consecutive pieces of one shard (a shard the drop window cut in two) share one read
             for shard, pieces in itertools.groupby(wp.pieces, key=lambda p: p.shard):
-                records = read_shard(self.urls[shard], self.entries[shard], self.verify_sha256)
+                samples = read_shard(self.urls[shard], self.entries[shard], self.verify_sha256)
                 for piece in pieces:
-                    yield from records[piece.start:piece.stop]
+                    yield from samples[piece.start:piece.stop]
 
         rng = (np.random.default_rng([self.seed, plan.epoch, plan.rank, worker, 0xB0FF])
                if self.shuffle else None)

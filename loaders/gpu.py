@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from lcrypt import shards
+from lcrypt.format import ShardFormatError, decode_samples
 from loaders import plan as planning
 from loaders.dataset import check_key_ids, load_manifest, read_shard, resolve_shard
 
@@ -36,11 +36,11 @@ def read_split(manifest: str | os.PathLike, split: str, owner: str | None = None
 
     def one(entry) -> tuple[np.ndarray, np.ndarray, list[str]]:
         url = resolve_shard(base, entry.path)
-        records = read_shard(url, entry)  # checked as the streaming loader checks it
-        if not records:
-            raise shards.ShardFormatError(f"{url}: holds no samples")
-        images, labels = shards.decode_records(records, m.image_shape, m.num_classes or None)
-        return images, labels, [r[0] for r in records]
+        samples = read_shard(url, entry)  # checked as the streaming loader checks it (count included)
+        if not samples:
+            raise ShardFormatError(f"{url}: holds no samples")
+        images, labels = decode_samples(samples, m.image_shape, m.num_classes or None)
+        return images, labels, [s[0] for s in samples]
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
         parts = list(pool.map(one, entries))

@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test", type=int, default=10, help="test images per class (default 10)")
     args, beam_args = ap.parse_known_args(argv)
 
-    from lcrypt import Key, get_scheme, list_schemes, shards
-    from lcrypt.manifest import Manifest
+    from lcrypt import Key, get_scheme, list_schemes
+    from lcrypt.format import Manifest, decode_shard, sample_key, sample_key_salt
     from lcrypt.table import format_table
     from lcrypt.verify import verify
     from pipelines.prepare import run as prepare
@@ -155,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     by_key = {}
     for rel, img in truth.items():
         owner = "hospital-a" if rel.split("/")[1] in ("astronaut", "chelsea") else "hospital-b"
-        by_key[shards.sample_key(rel, shards.sample_key_salt(keys[owner]))] = img
+        by_key[sample_key(rel, sample_key_salt(keys[owner]))] = img
     exact = total = 0
     cipher_samples = []
     for entry in m.shards:
-        for key, image, _ in shards.read_shard(dataset / entry.path):
+        for key, image, _ in decode_shard(dataset / entry.path):
             total += 1
             exact += bool(np.array_equal(scheme.decrypt(image[None], keys[entry.owner])[0], by_key[key]))
             if len(cipher_samples) < 2:

@@ -15,15 +15,15 @@ from __future__ import annotations
 import posixpath
 import re
 
-from lcrypt import shards
-from lcrypt.manifest import ERRORS_NAME, FRAGMENTS_NAME, INDEX_NAME, LOCK_NAME, MANIFEST_NAME, TIMM_INFO_NAME
+from lcrypt.format import (ERRORS_NAME, FRAGMENTS_NAME, INDEX_NAME, LOCK_NAME, MANIFEST_NAME, SHARD_RE,
+                           TIMM_INFO_NAME)
 from lcrypt.storage import join
 from pipelines.beamstorage import pipeline_storage
 
 FRAGMENTS = FRAGMENTS_NAME  # encoded images between encryption and shard writing; removed at the end
 SCRATCH = (FRAGMENTS + "/",)  # scratch folders
 OWN_FILES = (MANIFEST_NAME, INDEX_NAME, TIMM_INFO_NAME, ERRORS_NAME, LOCK_NAME)
-_ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # lcrypt.shards.atomic_write's temp names
+_ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # lcrypt.format.atomic_write's temp names
 _OTHER_TMP = re.compile(r"^(?P<name>.+)\.tmp-[0-9a-f]{32}$")  # the other storages' write_atomic temp names
 
 
@@ -69,7 +69,7 @@ def classify(files: list[str], listed: set[str], unfinished: bool) -> tuple[list
     def ours(rel: str) -> bool:
         if rel in OWN_FILES or rel in listed or rel.startswith(SCRATCH):
             return True
-        if unfinished and shards.SHARD_RE.match(rel):
+        if unfinished and SHARD_RE.match(rel):
             return True
         target = _temp_target(rel)
         return target is not None and target != rel and ours(target)

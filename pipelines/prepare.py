@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from lcrypt import shards
+from lcrypt.format import check_owner
 from lcrypt.keys import Key, KeyFileError
 from pipelines import progress
 from pipelines.options import PrepareError, add_arguments, check_beam_args, check_numbers, parse_params
@@ -56,7 +56,7 @@ def load_owners(spec: str) -> tuple[dict[str, Key], list[tuple[str, list[str]]],
         raise PrepareError(f"--keys {spec}: neither a key file nor an owners JSON file")
     if isinstance(body, dict) and body.get("format", "").startswith("lcrypt-key"):
         key = Key.load(path)
-        shards.check_owner(key.owner)
+        check_owner(key.owner)
         return {key.owner: key}, [], None
     column = None
     if isinstance(body, dict) and "owners" in body:
@@ -67,7 +67,7 @@ def load_owners(spec: str) -> tuple[dict[str, Key], list[tuple[str, list[str]]],
     keys, globs = {}, []
     for name, entry in body.items():
         try:
-            shards.check_owner(name)
+            check_owner(name)
         except ValueError as exc:
             raise PrepareError(f"--keys {spec}: {exc}") from None
         if not isinstance(entry, dict) or "key" not in entry or not entry.get("match"):
@@ -215,7 +215,7 @@ def plan(args: argparse.Namespace):
                              layout=args.layout)
         check_apart(str(args.out), source.path)
         shape, size_note = (None, f"image size {size[0]}x{size[1]} (--size)") if size else probe_size(source)
-    except (OSError, ValueError) as exc:  # ShardFormatError is a ValueError
+    except (OSError, ValueError) as exc:  # TarFormatError and ShardFormatError are ValueErrors
         if isinstance(exc, PrepareError):
             raise
         raise PrepareError(f"--source {args.source}: {exc}") from None
@@ -346,7 +346,7 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
 
 def summarize(args: argparse.Namespace, config, wall: float) -> int:
     """The summary table of a finished run (and the warnings a user should see)."""
-    from lcrypt.manifest import ERRORS_NAME, Manifest
+    from lcrypt.format import ERRORS_NAME, Manifest
     from lcrypt.storage import join
     from lcrypt.table import format_table
     from pipelines.beamstorage import pipeline_storage

@@ -14,9 +14,9 @@ import hashlib
 import os
 import tempfile
 
-from lcrypt import shards
+from lcrypt.format import SHARD_RE
 from lcrypt.lock import FileLock, LockBusy, describe_holder
-from lcrypt.manifest import Manifest
+from lcrypt.format import Manifest
 from lcrypt.storage import is_remote, join, local_path
 from pipelines import outdir
 from pipelines.beamstorage import pipeline_storage
@@ -173,6 +173,6 @@ def left_behind(out: str) -> str:
         files, _ = outdir.survey(out)
     except (OSError, ValueError):
         return f"--out {out} could not be listed"
-    n = sum(1 for f in files if shards.SHARD_RE.match(f))
+    n = sum(1 for f in files if SHARD_RE.match(f))
     return (f"--out {out} holds {n} complete shard(s) of an unfinished run and no manifest; run the same "
             "command with --overwrite to start over")

@@ -25,10 +25,10 @@ from typing import Any, Iterator
 import apache_beam as beam
 import numpy as np
 
-from lcrypt import shards
+from lcrypt.format import (ERRORS_NAME, FRAGMENTS_NAME, Manifest, OwnerEntry, ShardEntry, ShardWriter,
+                           check_split, encode_image, num_shards_for, sample_key, sample_key_salt, shard_of)
 from lcrypt.images import ImageRejected
 from lcrypt.keys import Key
-from lcrypt.manifest import ERRORS_NAME, FRAGMENTS_NAME, Manifest, OwnerEntry, ShardEntry
 from lcrypt.sources.base import Record, classes_from_names, decode_record, owners_of
 from lcrypt.storage import join
 from pipelines import outdir
@@ -102,7 +102,7 @@ class EncryptChunkFn(beam.DoFn):
 
         c = self.config
         self.scheme = get_scheme(c.scheme, **c.scheme_params)
-        self.salts = {name: shards.sample_key_salt(k) for name, k in c.keys.items()}
+        self.salts = {name: sample_key_salt(k) for name, k in c.keys.items()}
         self.single_owner = next(iter(c.keys)) if not c.owner_globs else None
         self.done = {"read": 0, "written": 0, "rejected": 0}
         self.progress_path = (os.path.join(c.progress_dir, f"{uuid.uuid4().hex}.json") if c.progress_dir else None)
@@ -198,7 +198,7 @@ class EncryptChunkFn(beam.DoFn):
                 if no_owner is not None:
                     raise no_owner
                 if split != NO_SPLIT:
-                    shards.check_split(split)
+                    check_split(split)
                 image = decode_record(r, size=c.size, expect=c.expect)
                 label = label_of(r, index)
             except (ImageRejected, ValueError, KeyError) as exc:
@@ -219,8 +219,8 @@ class EncryptChunkFn(beam.DoFn):
                 salt = self.salts[owner]
                 refs = []
                 for (sid, label, _), img in zip(items, images):
-                    data = shards.encode_image(img, c.encoding, c.jpeg_quality, c.jpeg_subsampling)
-                    refs.append((shards.sample_key(sid, salt), label, name, offset, len(data)))
+                    data = encode_image(img, c.encoding, c.jpeg_quality, c.jpeg_subsampling)
+                    refs.append((sample_key(sid, salt), label, name, offset, len(data)))
                     blob.append(data)
                     offset += len(data)
                 out.append(((split, owner), refs))
@@ -349,7 +349,7 @@ def num_shards(count: int, nbytes: int, shard_size: int, max_shard_bytes: int) -
     The byte cap keeps each shard (one grouped element in the pipeline) small enough for any runner's
     data plane: 224x224 PNG shards of 5,000 samples were 750 MB.
     """
-    return max(shards.num_shards_for(count, shard_size), -(-nbytes // max_shard_bytes))
+    return max(num_shards_for(count, shard_size), -(-nbytes // max_shard_bytes))
 
 
 class AssignShardsFn(beam.DoFn):
@@ -364,7 +364,7 @@ class AssignShardsFn(beam.DoFn):
         n = num_shards(count, nbytes, self.shard_size, self.max_shard_bytes)
         per: dict[int, list] = defaultdict(list)
         for s in samples:
-            per[shards.shard_of(s[0], n)].append(s)
+            per[shard_of(s[0], n)].append(s)
         for idx, items in per.items():
             yield (split, owner, idx), items
 
@@ -373,7 +373,7 @@ class WriteShardFn(beam.DoFn):
     """All samples of one shard -> its tar (sorted by key, written atomically) -> (ShardEntry, index rows)."""
 
     def __init__(self, out: str, encoding: str):
-        self.out, self.encoding = out, encoding
+        self.out, self.writer = out, ShardWriter(encoding)
 
     def process(self, element, class_names):
         (split, owner, idx), lists = element
@@ -390,20 +390,12 @@ class WriteShardFn(beam.DoFn):
                     f.seek(offset)
                     data_of[key] = f.read(length)
         samples = sorted(((key, label, data_of[key]) for key, label, *_ in refs), key=lambda s: s[0])
-        ext = shards.IMAGE_EXT[self.encoding]
-        members = []
-        for key, label, data in samples:
-            members.append((f"{key}.{shards.LABEL_EXT}", shards.encode_label(label)))
-            members.append((f"{key}.{ext}", data))
-        data = shards.tar_bytes(members)
-        rel = shards.shard_path(split, owner, idx)
-        outdir.write_atomic(join(self.out, rel), data)
-        entry = dataclasses.asdict(ShardEntry(path=rel, owner=owner, split=split, count=len(samples),
-                                              bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+        data, entry = self.writer.shard(split, owner, idx, samples)
+        outdir.write_atomic(join(self.out, entry.path), data)
         # index rows travel compactly: Beam sizes side inputs by walking them, which cost seconds on 60k dicts
         keys = "\n".join(k for k, _, _ in samples)
         labels = np.array([lab for _, lab, _ in samples], dtype="<i8").tobytes()
-        yield entry, keys, labels
+        yield dataclasses.asdict(entry), keys, labels
 
 
 class FinalizeFn(beam.DoFn):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lcrypt import shards
+from lcrypt.format import ShardWriter, write_tar
 from lcrypt.sources import detect_kind, load_arrays, open_source
 from lcrypt.sources.base import Record, decode_record, owners_of, tree_layout
 from lcrypt.images import ImageRejected
@@ -95,10 +95,11 @@ def make_parquet(path: Path, n: int = 6, with_meta: bool = True, groups=None) ->
 def make_wds(root: Path, n: int = 5) -> tuple[np.ndarray, list[int]]:
     imgs = make_images(n, seed=9)
     labels = [i % 2 for i in range(n)]
-    members = [m for i, (im, lab) in enumerate(zip(imgs, labels))
-               for m in shards.encode_sample(f"s{i:04d}", im, lab, "png")]
+    writer = ShardWriter("png")
+    members = writer.members([(f"s{i:04d}", lab, writer.encode(im))
+                              for i, (im, lab) in enumerate(zip(imgs, labels))])
     (root / "train").mkdir(parents=True, exist_ok=True)
-    shards.write_tar(root / "train" / "plain-000000.tar", members)
+    write_tar(root / "train" / "plain-000000.tar", members)
     return imgs, labels
 
 

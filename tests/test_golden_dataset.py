@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from lcrypt import Key
-from lcrypt.manifest import Manifest
+from lcrypt.format import Manifest
 from pipelines.prepare import run
 
 GOLDEN = Path(__file__).parent / "golden" / "prepare.json"

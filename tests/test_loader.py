@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lcrypt import Key, get_scheme, shards
-from lcrypt.manifest import Manifest
+from lcrypt import Key, get_scheme
+from lcrypt.format import Manifest, ShardFormatError, decode_shard, write_tar
+from lcrypt.tarstream import iter_members
 from loaders import plan as planning
 from loaders.augment import AugmentConfig, EncryptedAugment, grid_flip, grid_translate, normalize
 from loaders.dataset import KeyMismatchError, ShardDataset, shuffle_buffer
@@ -57,7 +58,7 @@ def dataset(tmp_path_factory):
 
 
 def all_keys(m: Manifest, split: str, base: Path) -> list[str]:
-    return [k for e in m.shards_for(split) for k, _, _ in shards.read_shard(base / e.path)]
+    return [k for e in m.shards_for(split) for k, _, _ in decode_shard(base / e.path)]
 
 
 # -- planning -------------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ def test_resume_mid_epoch_yields_exactly_the_rest(dataset):
 def test_labels_and_pixels_are_the_shards(dataset):
     loader, ds = make_loader(dataset["data"], "test", 4, shuffle=False, drop_last=False, cover_all=True)
     truth = {k: (img, lab) for e in dataset["manifest"].shards_for("test")
-             for k, img, lab in shards.read_shard(dataset["data"] / e.path)}
+             for k, img, lab in decode_shard(dataset["data"] / e.path)}
     n = 0
     for b in loader:
         for k, img, lab in zip(b["key"], b["image"], b["label"]):
@@ -143,16 +144,15 @@ def test_labels_and_pixels_are_the_shards(dataset):
 
 
 def reference_batches(ds: ShardDataset, start_step: int = 0) -> list[tuple[list[str], np.ndarray, list[int]]]:
-    """The rank's batches computed the way the loader did before records: dict samples from
-    iter_samples, one ``rng.integers`` call per shuffled sample, images decoded one by one, then the
-    DataLoader's round robin over the workers. The loader must give exactly these batches."""
+    """The rank's batches computed one sample at a time: samples decoded one by one by the streaming
+    reader (decode_shard), one ``rng.integers`` call per shuffled sample, then the DataLoader's round
+    robin over the workers. The loader must give exactly these batches."""
     plan = ds.plan()
     per_worker = []
     for w, wp in enumerate(plan.workers):
         samples = []
         for pc in wp.pieces:
-            with open(ds.urls[pc.shard], "rb") as f:
-                samples += list(shards.iter_samples(f))[pc.start:pc.stop]
+            samples += list(decode_shard(ds.urls[pc.shard]))[pc.start:pc.stop]
         if ds.shuffle and ds.buffer > 1:
             rng = np.random.default_rng([ds.seed, plan.epoch, plan.rank, w, 0xB0FF])
             buf, out = [], []
@@ -168,17 +168,17 @@ def reference_batches(ds: ShardDataset, start_step: int = 0) -> list[tuple[list[
     batches = []
     for b in planning.step_order(plan)[start_step:]:
         w = max(i for i, wp in enumerate(plan.workers) if wp.first_batch <= b and wp.num_batches)
-        decoded = [shards.decode_sample(s) for s in per_worker[w][b - plan.workers[w].first_batch]]
-        batches.append(([s["__key__"] for s in per_worker[w][b - plan.workers[w].first_batch]],
-                        np.stack([img for img, _ in decoded]), [lab for _, lab in decoded]))
+        decoded = per_worker[w][b - plan.workers[w].first_batch]
+        batches.append(([key for key, _, _ in decoded], np.stack([img for _, img, _ in decoded]),
+                        [lab for _, _, lab in decoded]))
     return batches
 
 
 @pytest.mark.parametrize("rank,world,workers,batch,buffer,epoch,start", [
     (0, 1, 1, 4, 5, 0, 0), (1, 2, 2, 3, 4, 1, 0), (0, 2, 2, 5, 2000, 2, 0), (1, 2, 3, 2, 3, 0, 4),
     (0, 1, 2, 7, 6, 3, 3)])
-def test_loader_batches_equal_the_dict_per_sample_reference(dataset, rank, world, workers, batch, buffer, epoch,
-                                                            start):
+def test_loader_batches_equal_the_per_sample_reference(dataset, rank, world, workers, batch, buffer, epoch,
+                                                       start):
     ds = ShardDataset(dataset["data"], "train", batch, rank=rank, world=world, num_workers=workers, seed=5,
                       buffer=buffer)
     ds.set_epoch(epoch, start)
@@ -212,8 +212,8 @@ def _rewrite_largest_train_shard(dataset, tmp_path: Path, edit) -> tuple[Path, s
     entry = max(m.shards_for("train"), key=lambda e: e.count)
     assert entry.count >= 3
     with open(data / entry.path, "rb") as f:
-        members = edit(list(shards.iter_members(f)))
-    entry.bytes, entry.sha256 = shards.write_tar(data / entry.path, members)
+        members = edit(list(iter_members(f)))
+    entry.bytes, entry.sha256 = write_tar(data / entry.path, members)
     m.save(data)
     return data, entry.path
 
@@ -228,10 +228,10 @@ def _rewrite_largest_train_shard(dataset, tmp_path: Path, edit) -> tuple[Path, s
 def test_malformed_samples_are_refused_naming_shard_and_member(dataset, tmp_path, edit, match):
     data, shard = _rewrite_largest_train_shard(dataset, tmp_path, edit)
     loader, _ = make_loader(data, "train", 4, shuffle=False)
-    with pytest.raises(shards.ShardFormatError, match=rf"{shard}: .*{match}"):
+    with pytest.raises(ShardFormatError, match=rf"{shard}: .*{match}"):
         for _ in loader:
             pass
-    with pytest.raises(shards.ShardFormatError, match=match):
+    with pytest.raises(ShardFormatError, match=match):
         read_split(data, "train")
 
 
@@ -251,11 +251,11 @@ def _poisoned_copy(dataset, tmp_path: Path, member_ext: str) -> tuple[Path, Path
     entry = m.shards_for("train")[0]
     members = []
     with open(data / entry.path, "rb") as f:
-        for i, (name, body) in enumerate(shards.iter_members(f)):
+        for i, (name, body) in enumerate(iter_members(f)):
             members.append((name, body))
             if i == 1:
                 members.append((name.split(".")[0] + "." + member_ext, pickle.dumps(boom)))
-    size, digest = shards.write_tar(data / entry.path, members)
+    size, digest = write_tar(data / entry.path, members)
     entry.bytes, entry.sha256 = size, digest
     m.save(data)
     return data, marker
@@ -269,7 +269,7 @@ def test_pickle_members_are_refused_never_loaded(dataset, tmp_path, ext):
         with pytest.raises(Exception, match=rf"\.{ext}.*refus"):
             for _ in loader:
                 pass
-    with pytest.raises(shards.ShardFormatError, match=ext):
+    with pytest.raises(ShardFormatError, match=ext):
         read_split(data, "train")
     assert not marker.exists()
 
@@ -283,7 +283,7 @@ def test_sha256_and_key_id_checks(dataset, tmp_path):
     raw[idx] ^= 0xFF
     (data / entry.path).write_bytes(bytes(raw))
     loader, _ = make_loader(data, "train", 4, shuffle=False, verify_sha256=True)
-    with pytest.raises(shards.ShardFormatError, match="sha256"):
+    with pytest.raises(ShardFormatError, match="sha256"):
         for _ in loader:
             pass
     with pytest.raises(KeyMismatchError, match="key ids"):

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcrypt import Key, get_scheme, shards
-from lcrypt.manifest import Manifest, read_index
+from lcrypt import Key, get_scheme
+from lcrypt.format import Manifest, decode_shard, read_index, sample_key, sample_key_salt
+from lcrypt.tarstream import iter_members
 from lcrypt.verify import verify
 from pipelines.prepare import run
 from tests.test_datasets import make_cifar, make_imagefolder, make_parquet, make_tar_tree, make_wds
@@ -66,10 +67,10 @@ def test_shards_decrypt_to_the_source_pixels_bit_for_bit(pooled):
     by_key = {}
     for rel, (img, cls) in pooled["truth"].items():
         owner = "alice" if f"/{cls}/" in f"/{rel}" and cls in ("cat", "bird") else "bob"
-        by_key[shards.sample_key(rel, shards.sample_key_salt(pooled["keys"][owner]))] = (img, cls, owner)
+        by_key[sample_key(rel, sample_key_salt(pooled["keys"][owner]))] = (img, cls, owner)
     seen = 0
     for entry in m.shards:
-        for key, image, label in shards.read_shard(pooled["out"] / entry.path):
+        for key, image, label in decode_shard(pooled["out"] / entry.path):
             img, cls, owner = by_key[key]
             assert entry.owner == owner and m.class_names[label] == cls
             assert not np.array_equal(image, img)  # encrypted on disk
@@ -88,7 +89,7 @@ def test_per_owner_shards_manifest_index_and_verify_agree(pooled):
     idx = read_index(out).to_pylist()
     assert len(idx) == sum(s.count for s in m.shards) == 24
     for s in m.shards:
-        keys = [k for k, _, _ in shards.read_shard(out / s.path)]
+        keys = [k for k, _, _ in decode_shard(out / s.path)]
         assert keys == sorted(keys) == sorted(r["key"] for r in idx if r["shard"] == s.path)
     problems, totals = verify(out, decode=True)
     assert problems == [] and totals["samples"] == 24
@@ -203,10 +204,10 @@ def test_cifar_archive_to_npy_then_reshard_as_webdataset_source(tmp_path, fixed_
     assert run(argv + ["--out", str(tmp_path / "plain")]) == 0
     m = Manifest.load(tmp_path / "plain")
     assert m.class_names[:2] == ["class0", "class1"] and m.splits == {"test": 3, "train": 6}
-    salt = shards.sample_key_salt(fixed_key)
-    by_key = {shards.sample_key(sid, salt): v for sid, v in truth.items()}
+    salt = sample_key_salt(fixed_key)
+    by_key = {sample_key(sid, salt): v for sid, v in truth.items()}
     for s in m.shards:
-        for key, image, label in shards.read_shard(tmp_path / "plain" / s.path):
+        for key, image, label in decode_shard(tmp_path / "plain" / s.path):
             assert np.array_equal(image, by_key[key][0]) and label == by_key[key][1]
     # the published plain dataset is itself a source: re-encrypt it with EtC
     argv = ["--source", f"wds:{tmp_path / 'plain'}", "--scheme", "etc", "--param", "block_size=16",
@@ -271,7 +272,7 @@ def test_shared_cifar10_subset(shared_datasets, tmp_path, fixed_key):
     src = tmp_path / "cifar-subset.tar"
     kept = {}
     with open(shared_datasets / "cifar10-jpeg.tar.gz", "rb") as f, tarfile.open(src, "w") as out:
-        for name, data in shards.iter_members(f):
+        for name, data in iter_members(f):
             if name.startswith(("cifar10/test/airplane/", "cifar10/test/cat/")) and name[-8:-4] < "0100":
                 ti = tarfile.TarInfo(name)
                 ti.size = len(data)
@@ -286,12 +287,12 @@ def test_shared_cifar10_subset(shared_datasets, tmp_path, fixed_key):
     assert run(argv) == 0
     m = Manifest.load(tmp_path / "out")
     assert m.splits == {"test": 200} and m.class_names == ["airplane", "cat"] and verify(tmp_path / "out")[0] == []
-    salt = shards.sample_key_salt(fixed_key)
-    by_key = {shards.sample_key(n, salt): decode_image(d) for n, d in kept.items()}
+    salt = sample_key_salt(fixed_key)
+    by_key = {sample_key(n, salt): decode_image(d) for n, d in kept.items()}
     scheme = get_scheme("etc", block_size=8)
     errs = []
     for s in m.shards:
-        for key, image, _ in shards.read_shard(tmp_path / "out" / s.path):
+        for key, image, _ in decode_shard(tmp_path / "out" / s.path):
             plain = scheme.decrypt(image[None], fixed_key)[0].astype(float)
             errs.append(np.mean((plain - by_key[key]) ** 2))
     psnr = 10 * np.log10(255**2 / np.mean(errs))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lcrypt import Key, shards
+from lcrypt import Key
+from lcrypt.format import Manifest, decode_shard, sample_key, sample_key_salt
 from lcrypt.images import read_image
-from lcrypt.manifest import Manifest
 from tests.test_loader import make_dataset
 
 
@@ -26,8 +26,8 @@ def test_predict_encrypts_like_the_pipeline_and_classifies(tmp_path, capsys):
     enc = encrypt_for(ckpt, plain, key)
     # the client's ciphertext is the very sample the pipeline published for that image
     m = Manifest.load(data)
-    want = shards.sample_key(rel, shards.sample_key_salt(key))
-    published = {k: img for e in m.shards_for("test") for k, img, _ in shards.read_shard(data / e.path)}
+    want = sample_key(rel, sample_key_salt(key))
+    published = {k: img for e in m.shards_for("test") for k, img, _ in decode_shard(data / e.path)}
     assert np.array_equal(enc[0], published[want])
     probs, idx = classify(load_model(ckpt), enc, top=3)
     assert probs.shape == (1, 3) and np.all(np.diff(probs[0]) <= 0) and sorted(idx[0]) == [0, 1, 2]

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lcrypt.format import Manifest, ManifestError, read_index
 from lcrypt.storage import is_remote, storage_for
-from lcrypt.manifest import Manifest, ManifestError, read_index
 from lcrypt.verify import main as verify_main
 from lcrypt.verify import verify
 from loaders.gpu import read_split

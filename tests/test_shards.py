@@ -1,8 +1,9 @@
-"""lcrypt.shards and lcrypt.manifest: the one shard format and manifest schema."""
+"""lcrypt.format and lcrypt.tarstream: the one shard format, manifest schema and tar reader."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import struct
@@ -12,66 +13,74 @@ import zlib
 import numpy as np
 import pytest
 
-from lcrypt import shards
-from lcrypt.manifest import Manifest, ManifestError, OwnerEntry, ShardEntry, read_index
+from lcrypt.format import (IMAGE_EXT, IMAGE_EXTS, KEY_HEX_DIGITS, TAR_RECORD, Manifest, ManifestError, OwnerEntry,
+                           ShardEntry, ShardFormatError, ShardWriter, check_owner, decode_label, decode_labels,
+                           decode_member, decode_samples, encode_image, encode_png, group_members, num_shards_for,
+                           parse_shard_path, read_index, read_samples, sample_key, sample_key_salt, shard_of,
+                           shard_path, tar_bytes, write_tar)
+from lcrypt.format.codecs import png_raw_rows
+from lcrypt.format.reader import _plain_tar_members
+from lcrypt.tarstream import TarFormatError, iter_members
 
 
 @pytest.mark.parametrize("encoding", ["png", "npy"])
 def test_lossless_encodings_round_trip_bit_for_bit(encoding, rng):
     img = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
-    members = shards.encode_sample("k0", img, 7, encoding)
-    assert [n for n, _ in members] == ["k0.cls", f"k0.{shards.IMAGE_EXT[encoding]}"]
-    assert shards.decode_label(members[0][1]) == 7
-    assert np.array_equal(shards.decode_image(*members[1]), img)
+    writer = ShardWriter(encoding)
+    members = writer.members([("k0", 7, writer.encode(img))])
+    assert [n for n, _ in members] == ["k0.cls", f"k0.{IMAGE_EXT[encoding]}"]
+    assert decode_label(members[0][1]) == 7
+    assert np.array_equal(decode_member(*members[1]), img)
 
 
 def test_png_is_a_standard_png_pillow_reads(rng):
     from PIL import Image
 
     img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(shards.encode_png(img)))), img)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(img)))), img)
 
 
 def test_jpeg_encoding_honours_quality_and_subsampling(rng):
     img = np.repeat(np.repeat(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), 8, 0), 8, 1)
-    hi = shards.encode_image(img, "jpeg", 95)
-    lo = shards.encode_image(img, "jpeg", 30, "420")
+    hi = encode_image(img, "jpeg", 95)
+    lo = encode_image(img, "jpeg", 30, "420")
     assert len(lo) < len(hi)
     import simplejpeg
 
     assert simplejpeg.decode_jpeg_header(lo)[3] == "420"
-    assert np.abs(shards.decode_image("a.jpg", hi).astype(int) - img).mean() < 3
+    assert np.abs(decode_member("a.jpg", hi).astype(int) - img).mean() < 3
     with pytest.raises(ValueError, match="jpeg_quality"):
-        shards.encode_image(img, "jpeg", None)
+        encode_image(img, "jpeg", None)
 
 
 @pytest.mark.parametrize("name, data", [
     ("x.pyd", b"\x80\x04K\x01."), ("x.pickle", b"\x80\x04K\x01."), ("x.json", b"{}"), ("x.txt", b"1")])
 def test_decoding_refuses_pickles_and_unknown_types(name, data):
-    with pytest.raises(shards.ShardFormatError, match="refused|not an lcrypt image"):
-        shards.decode_image(name, data)
+    with pytest.raises(ShardFormatError, match="refused|not an lcrypt image"):
+        decode_member(name, data)
 
 
 def test_npy_with_objects_is_refused():
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(shards.ShardFormatError):
-        shards.decode_image("x.npy", buf.getvalue())
+    with pytest.raises(ShardFormatError):
+        decode_member("x.npy", buf.getvalue())
 
 
 def test_malformed_labels_and_images_name_the_member():
-    with pytest.raises(shards.ShardFormatError, match="decimal"):
-        shards.decode_label(b"cat")
-    with pytest.raises(shards.ShardFormatError, match="k.png"):
-        shards.decode_image("k.png", b"\x89PNG\r\n\x1a\ntruncated")
+    with pytest.raises(ShardFormatError, match="decimal"):
+        decode_label(b"cat")
+    with pytest.raises(ShardFormatError, match="k.png"):
+        decode_member("k.png", b"\x89PNG\r\n\x1a\ntruncated")
 
 
 def test_tar_is_deterministic_and_readable_by_tarfile_and_webdataset(tmp_path, rng):
-    members = [m for i in range(5)
-               for m in shards.encode_sample(f"{i:020x}", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), i, "png")]
-    a, b = shards.tar_bytes(members), shards.tar_bytes(members)
-    assert a == b and len(a) % shards.TAR_RECORD == 0
-    size, digest = shards.write_tar(tmp_path / "s.tar", members)
+    writer = ShardWriter("png")
+    members = writer.members([(f"{i:020x}", i, writer.encode(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+                              for i in range(5)])
+    a, b = tar_bytes(members), tar_bytes(members)
+    assert a == b and len(a) % TAR_RECORD == 0
+    size, digest = write_tar(tmp_path / "s.tar", members)
     assert (tmp_path / "s.tar").read_bytes() == a and size == len(a)
     assert not [p for p in tmp_path.iterdir() if p.name != "s.tar"]  # no temp file left behind
     with tarfile.open(tmp_path / "s.tar") as tf:
@@ -85,6 +94,27 @@ def test_tar_is_deterministic_and_readable_by_tarfile_and_webdataset(tmp_path, r
     assert [int(s["cls"]) for s in got] == list(range(5))
 
 
+def test_shard_writer_gives_the_shard_and_its_manifest_entry(rng):
+    writer = ShardWriter("npy")
+    images = [rng.integers(0, 256, (4, 6, 3), dtype=np.uint8) for _ in range(3)]
+    samples = [(f"{i:020x}", 7 - i, writer.encode(img)) for i, img in enumerate(images)]
+    data, entry = writer.shard("train", "hospital-a", 3, samples)
+    assert entry == ShardEntry("train/hospital-a-000003.tar", "hospital-a", "train", 3, len(data),
+                               hashlib.sha256(data).hexdigest())
+    assert data == tar_bytes(writer.members(samples))
+    got = list(read_samples(data, "u"))
+    assert [(k, decode_label(lab), ext) for k, lab, ext, _, _ in got] == [(f"{i:020x}", 7 - i, "npy")
+                                                                          for i in range(3)]
+    assert all(np.array_equal(decode_member("k.npy", s[3]), img) for s, img in zip(got, images))
+    for bad in (samples[::-1], [samples[0], samples[0]]):  # unsorted, a key twice: not a deterministic shard
+        with pytest.raises(ValueError, match="sorted by key, each key once"):
+            writer.shard("train", "hospital-a", 3, bad)
+    with pytest.raises(ValueError, match="must not contain"):
+        writer.members([("a.b", 1, b"x")])
+    with pytest.raises(ValueError, match="unknown encoding"):
+        ShardWriter("gif")
+
+
 def test_streaming_reader_handles_gzip_pax_and_long_names():
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
@@ -94,7 +124,7 @@ def test_streaming_reader_handles_gzip_pax_and_long_names():
             tf.addfile(ti, io.BytesIO(data))
     raw = buf.getvalue()
     for stream in (raw, gzip.compress(raw)):
-        got = list(shards.iter_members(io.BytesIO(stream)))
+        got = list(iter_members(io.BytesIO(stream)))
         assert [n for n, _ in got] == ["d/" + "a" * 120 + ".png", "d/é.cls", "e/b.cls"]
         assert got[0][1] == b"x" * 700
 
@@ -113,52 +143,52 @@ def test_keep_steps_over_members_and_their_long_names():
             ti.size = 600 * i
             tf.addfile(ti, io.BytesIO(bytes([i]) * ti.size))
     raw = gzip.compress(buf.getvalue())
-    full = list(shards.iter_members(io.BytesIO(raw)))
+    full = list(iter_members(io.BytesIO(raw)))
     assert [n for n, _ in full] == names
     for part in range(3):
-        got = list(shards.iter_members(io.BytesIO(raw), keep=lambda i: i % 3 == part))
+        got = list(iter_members(io.BytesIO(raw), keep=lambda i: i % 3 == part))
         assert got == full[part::3]
     bad = bytearray(buf.getvalue())
     last = bytes(bad).rindex(b"d/6.png")  # the last member's header, skipped by keep below
     bad[last + 1] ^= 1
-    with pytest.raises(shards.ShardFormatError, match="checksum"):
-        list(shards.iter_members(io.BytesIO(bytes(bad)), keep=lambda i: i == 0))
+    with pytest.raises(TarFormatError, match="checksum"):
+        list(iter_members(io.BytesIO(bytes(bad)), keep=lambda i: i == 0))
 
 
 def test_truncated_and_corrupt_tars_are_errors(rng):
-    members = shards.encode_sample("k", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), 1, "npy")
-    data = shards.tar_bytes(members)
-    with pytest.raises(shards.ShardFormatError, match="truncated"):
-        list(shards.iter_members(io.BytesIO(data[:700])))
+    writer = ShardWriter("npy")
+    data = tar_bytes(writer.members([("k", 1, writer.encode(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))]))
+    with pytest.raises(TarFormatError, match="truncated"):
+        list(iter_members(io.BytesIO(data[:700])))
     bad = bytearray(data)
     bad[10] ^= 1
-    with pytest.raises(shards.ShardFormatError, match="checksum"):
-        list(shards.iter_members(io.BytesIO(bytes(bad))))
+    with pytest.raises(TarFormatError, match="checksum"):
+        list(iter_members(io.BytesIO(bytes(bad))))
 
 
 def test_samples_group_members_and_reject_scattered_keys():
-    data = shards.tar_bytes([("a.cls", b"1"), ("a.npy", b"x"), ("b.cls", b"2"), ("a.png", b"y")])
-    with pytest.raises(shards.ShardFormatError, match="appears twice"):
-        list(shards.iter_samples(io.BytesIO(data)))
+    data = tar_bytes([("a.cls", b"1"), ("a.npy", b"x"), ("b.cls", b"2"), ("a.png", b"y")])
+    with pytest.raises(ShardFormatError, match="appears twice"):
+        list(group_members(iter_members(io.BytesIO(data)), ""))
 
 
 def test_sample_keys_are_opaque_salted_and_stable(fixed_key):
-    salt = shards.sample_key_salt(fixed_key)
-    k = shards.sample_key("train/cat/alice_smith.jpg", salt)
-    assert len(k) == shards.KEY_HEX_DIGITS and "alice" not in k
-    assert k == shards.sample_key("train/cat/alice_smith.jpg", salt)
-    assert k != shards.sample_key("train/cat/alice_smith.jpg", b"other salt")
-    assert shards.sample_key("x", salt) != k
-    assert 0 <= shards.shard_of(k, 7) < 7
+    salt = sample_key_salt(fixed_key)
+    k = sample_key("train/cat/alice_smith.jpg", salt)
+    assert len(k) == KEY_HEX_DIGITS and "alice" not in k
+    assert k == sample_key("train/cat/alice_smith.jpg", salt)
+    assert k != sample_key("train/cat/alice_smith.jpg", b"other salt")
+    assert sample_key("x", salt) != k
+    assert 0 <= shard_of(k, 7) < 7
 
 
 def test_shard_paths_and_owner_names():
-    assert shards.shard_path("train", "hospital-a", 3) == "train/hospital-a-000003.tar"
-    assert shards.parse_shard_path("train/hospital-a-000003.tar") == ("train", "hospital-a", 3)
+    assert shard_path("train", "hospital-a", 3) == "train/hospital-a-000003.tar"
+    assert parse_shard_path("train/hospital-a-000003.tar") == ("train", "hospital-a", 3)
     for bad in ("../x", "a.b", "", "a/b"):
         with pytest.raises(ValueError):
-            shards.check_owner(bad)
-    assert shards.num_shards_for(0, 10) == 1 and shards.num_shards_for(21, 10) == 3
+            check_owner(bad)
+    assert num_shards_for(0, 10) == 1 and num_shards_for(21, 10) == 3
 
 
 def _manifest() -> Manifest:
@@ -199,30 +229,31 @@ def test_manifest_refuses_other_formats(tmp_path):
     assert "secret" not in _manifest().to_json()
 
 
-# -- the loaders' fast path: records, batch decoding, lcrypt-layout PNG ------------------------------
+# -- the loaders' fast path: samples, batch decoding, lcrypt-layout PNG ------------------------------
 def _shard(rng, n=6, encoding="png", size=(8, 8), extra=()):
-    members = [m for i in range(n) for m in shards.encode_sample(
-        f"{i:020x}", rng.integers(0, 256, (*size, 3), dtype=np.uint8), i % 10, encoding, jpeg_quality=90)]
-    return shards.tar_bytes([*members, *extra])
+    writer = ShardWriter(encoding, jpeg_quality=90)
+    members = writer.members([(f"{i:020x}", i % 10, writer.encode(rng.integers(0, 256, (*size, 3), np.uint8)))
+                              for i in range(n)])
+    return tar_bytes([*members, *extra])
 
 
-def _as_records(samples, url):
-    return [(s["__key__"], s["cls"], e, s[e], url) for s in samples for e in s if e in shards.IMAGE_EXTS]
+def _as_samples(groups, url):
+    return [(k, parts["cls"], e, parts[e], url) for k, parts in groups for e in parts if e in IMAGE_EXTS]
 
 
-def test_records_match_the_general_reader_plain_gzip_and_pax(rng):
+def test_samples_match_the_general_reader_plain_gzip_and_pax(rng):
     data = _shard(rng, 7)
-    want = _as_records(shards.iter_samples(io.BytesIO(data), url="u"), "u")
-    assert shards._plain_tar_members(data) is not None  # the fast path is taken for lcrypt's own tars
-    assert list(shards.iter_records(data, "u")) == want and len(want) == 7
-    assert list(shards.iter_records(gzip.compress(data), "u")) == want  # general reader
+    want = _as_samples(group_members(iter_members(io.BytesIO(data)), "u"), "u")
+    assert _plain_tar_members(data) is not None  # the fast path is taken for lcrypt's own tars
+    assert list(read_samples(data, "u")) == want and len(want) == 7
+    assert list(read_samples(gzip.compress(data), "u")) == want  # general reader
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, body in shards.iter_members(io.BytesIO(data)):
+        for name, body in iter_members(io.BytesIO(data)):
             ti = tarfile.TarInfo("dir/" + name if name.endswith("0.cls") or name.endswith("0.png") else name)
             ti.size = len(body)
             tf.addfile(ti, io.BytesIO(body))
-    got = list(shards.iter_records(buf.getvalue(), "u"))
+    got = list(read_samples(buf.getvalue(), "u"))
     assert [r[0] for r in got] == [("dir/" if k.endswith("0") else "") + k for k, *_ in want]
     assert [r[1:] for r in got] == [r[1:] for r in want]
 
@@ -238,23 +269,23 @@ def test_records_match_the_general_reader_plain_gzip_and_pax(rng):
     ([("zz.cls", b"1"), ("zz.jpeg", b"x")], r"\.jpeg.*refus"),
     ([("noext", b"1")], "has no extension"),
 ])
-def test_records_refuse_samples_that_are_not_one_label_plus_one_image(rng, extra, match):
+def test_samples_that_are_not_one_label_plus_one_image_are_refused(rng, extra, match):
     data = _shard(rng, 6, extra=extra)
-    with pytest.raises(shards.ShardFormatError, match=match):
-        list(shards.iter_records(data, "u"))
+    with pytest.raises(ShardFormatError, match=match):
+        list(read_samples(data, "u"))
 
 
-def test_records_reject_scattered_keys_corrupt_and_truncated_tars(rng):
-    data = shards.tar_bytes([("a.cls", b"1"), ("a.png", b"x"), ("b.cls", b"2"), ("b.png", b"x"), ("a.npy", b"y")])
-    with pytest.raises(shards.ShardFormatError, match="appears twice"):
-        list(shards.iter_records(data, "u"))
+def test_samples_reject_scattered_keys_corrupt_and_truncated_tars(rng):
+    data = tar_bytes([("a.cls", b"1"), ("a.png", b"x"), ("b.cls", b"2"), ("b.png", b"x"), ("a.npy", b"y")])
+    with pytest.raises(ShardFormatError, match="appears twice"):
+        list(read_samples(data, "u"))
     good = _shard(rng, 4)
     headers = [i for i in range(0, len(good), 512) if good[i + 257:i + 262] == b"ustar"]
     for off in (headers[0] + 10, headers[1] + 130, headers[5] + 140):  # a name, a size, a later mtime
         bad = bytearray(good)
         bad[off] ^= 0x01
-        with pytest.raises(shards.ShardFormatError, match="checksum|truncated"):
-            list(shards.iter_records(bytes(bad), "u"))
+        with pytest.raises(ShardFormatError, match="checksum|truncated"):
+            list(read_samples(bytes(bad), "u"))
     for field, ok in [(b"%07o\0", True), (b" %06o\0", True), (b"zz%05o\0", False), (b"%06o\0 ", False)]:
         other = bytearray(good)  # header 1's checksum written in another (or a wrong) form
         h = headers[1]
@@ -262,16 +293,16 @@ def test_records_reject_scattered_keys_corrupt_and_truncated_tars(rng):
         other[h + 148:h + 156] = field % value
         assert len(other) == len(good)
         if ok:
-            assert list(shards.iter_records(bytes(other), "u")) == list(shards.iter_records(good, "u"))
+            assert list(read_samples(bytes(other), "u")) == list(read_samples(good, "u"))
         else:
-            with pytest.raises(shards.ShardFormatError, match="checksum|not an octal number"):
-                list(shards.iter_records(bytes(other), "u"))
+            with pytest.raises(ShardFormatError, match="checksum|not an octal number"):
+                list(read_samples(bytes(other), "u"))
     for cut in (700, 5 * 1024 + 100, 512 * 3 + 5):
-        with pytest.raises(shards.ShardFormatError, match="truncated"):
-            list(shards.iter_records(good[:cut], "u"))
+        with pytest.raises(ShardFormatError, match="truncated"):
+            list(read_samples(good[:cut], "u"))
 
 
-def _records(blobs, ext="png", url="u"):
+def _samples(blobs, ext="png", url="u"):
     return [(f"k{i}", str(i).encode(), ext, b, url) for i, b in enumerate(blobs)]
 
 
@@ -281,13 +312,13 @@ def test_png_fast_path_equals_pillow(rng, shape):
 
     imgs = [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(5)]
     imgs[1][:] = 7  # compresses to almost nothing
-    blobs = [shards.encode_png(im) for im in imgs]
-    assert all(shards._png_raw_rows(b) is not None for b in blobs)
-    batch, labels = shards.decode_records(_records(blobs))
+    blobs = [encode_png(im) for im in imgs]
+    assert all(png_raw_rows(b) is not None for b in blobs)
+    batch, labels = decode_samples(_samples(blobs))
     assert batch.shape == (5, *shape, 3) and batch.flags.c_contiguous and labels.tolist() == list(range(5))
     for im, b, got in zip(imgs, blobs, batch):
         assert np.array_equal(got, im) and np.array_equal(got, np.asarray(Image.open(io.BytesIO(b))))
-        assert np.array_equal(shards.decode_image("k.png", b), im)
+        assert np.array_equal(decode_member("k.png", b), im)
 
 
 def _pillow_png(img, **kw):
@@ -305,14 +336,14 @@ def test_png_in_other_layouts_falls_back_to_pillow(rng):
     info = PngImagePlugin.PngInfo()
     info.add_text("comment", "hello")
     foreign = [_pillow_png(img), _pillow_png(img, pnginfo=info), _pillow_png(img, optimize=True)]
-    ours = shards.encode_png(img)
-    batch, _ = shards.decode_records(_records([ours, *foreign, ours]))
+    ours = encode_png(img)
+    batch, _ = decode_samples(_samples([ours, *foreign, ours]))
     assert all(np.array_equal(b, img) for b in batch)
-    batch, _ = shards.decode_records(_records(foreign))
+    batch, _ = decode_samples(_samples(foreign))
     assert all(np.array_equal(b, img) for b in batch)
     gray = _pillow_png(img[..., 0])
-    with pytest.raises(shards.ShardFormatError, match="u: k1.png: PNG mode L"):
-        shards.decode_records(_records([ours, gray]))
+    with pytest.raises(ShardFormatError, match="u: k1.png: PNG mode L"):
+        decode_samples(_samples([ours, gray]))
 
 
 def _chunk(tag: bytes, body: bytes) -> bytes:
@@ -327,10 +358,10 @@ def _png(w, h, raw, compress=True):
 
 def test_malformed_lcrypt_pngs_are_errors_never_silent(rng):
     img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    good = shards.encode_png(img)
+    good = encode_png(img)
     raw = np.zeros((8, 25), np.uint8)
     raw[:, 1:] = img.reshape(8, 24)
-    assert np.array_equal(shards.decode_image("k.png", _png(8, 8, raw.tobytes())), img)
+    assert np.array_equal(decode_member("k.png", _png(8, 8, raw.tobytes())), img)
     ihdr_crc = bytearray(good)
     ihdr_crc[20] ^= 1  # width, CRC not updated
     idat_crc = bytearray(good)
@@ -346,51 +377,51 @@ def test_malformed_lcrypt_pngs_are_errors_never_silent(rng):
         "is empty": _png(0, 8, b""),
     }
     for match, blob in cases.items():
-        with pytest.raises(shards.ShardFormatError, match=match):
-            shards.decode_image("k.png", blob)
-        with pytest.raises(shards.ShardFormatError, match=f"u: k1.png: .*{match}"):
-            shards.decode_records(_records([good, blob]))
+        with pytest.raises(ShardFormatError, match=match):
+            decode_member("k.png", blob)
+        with pytest.raises(ShardFormatError, match=f"u: k1.png: .*{match}"):
+            decode_samples(_samples([good, blob]))
     bad_filter = raw.copy()
     bad_filter[3, 0] = 9  # not a PNG filter type: Pillow refuses it too
-    with pytest.raises(shards.ShardFormatError, match="k1.png"):
-        shards.decode_records(_records([good, _png(8, 8, bad_filter.tobytes())]))
+    with pytest.raises(ShardFormatError, match="k1.png"):
+        decode_samples(_samples([good, _png(8, 8, bad_filter.tobytes())]))
 
 
 def test_batches_refuse_mixed_shapes_and_damaged_jpegs(rng):
     def jpeg(h, w):
-        return shards.encode_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "jpeg", 90)
+        return encode_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "jpeg", 90)
 
     blobs = [jpeg(16, 16) for _ in range(4)]
-    batch, _ = shards.decode_records(_records(blobs, "jpg"))
+    batch, _ = decode_samples(_samples(blobs, "jpg"))
     for b, got in zip(blobs, batch):
-        assert np.array_equal(got, shards.decode_image("k.jpg", b))
+        assert np.array_equal(got, decode_member("k.jpg", b))
     for odd, match in [(jpeg(8, 16), r"\(8, 16, 3\), but this batch's images are \(16, 16, 3\)"),
                        (jpeg(32, 32), "buffer is too small"), (blobs[0][:-40], "cannot decode .jpg"),
                        (b"\xff\xd8 not a jpeg", "cannot decode .jpg")]:
-        with pytest.raises(shards.ShardFormatError, match=rf"u: k2.jpg: .*{match}"):
-            shards.decode_records(_records([blobs[0], blobs[1], odd], "jpg"))
-    with pytest.raises(shards.ShardFormatError, match="k0.jpg: cannot decode"):
-        shards.decode_records(_records([b"junk", blobs[0]], "jpg"))
-    pngs = [shards.encode_png(rng.integers(0, 256, s, dtype=np.uint8)) for s in [(8, 8, 3), (8, 8, 3), (4, 8, 3)]]
-    with pytest.raises(shards.ShardFormatError, match=r"k2.png: image is \(4, 8\)"):
-        shards.decode_records(_records(pngs))
-    npys = [shards.encode_image(rng.integers(0, 256, s, dtype=np.uint8), "npy") for s in [(8, 8, 3), (4, 8, 3)]]
-    with pytest.raises(shards.ShardFormatError, match=r"k1.npy: image is \(4, 8, 3\)"):
-        shards.decode_records(_records(npys, "npy"))
+        with pytest.raises(ShardFormatError, match=rf"u: k2.jpg: .*{match}"):
+            decode_samples(_samples([blobs[0], blobs[1], odd], "jpg"))
+    with pytest.raises(ShardFormatError, match="k0.jpg: cannot decode"):
+        decode_samples(_samples([b"junk", blobs[0]], "jpg"))
+    pngs = [encode_png(rng.integers(0, 256, s, dtype=np.uint8)) for s in [(8, 8, 3), (8, 8, 3), (4, 8, 3)]]
+    with pytest.raises(ShardFormatError, match=r"k2.png: image is \(4, 8\)"):
+        decode_samples(_samples(pngs))
+    npys = [encode_image(rng.integers(0, 256, s, dtype=np.uint8), "npy") for s in [(8, 8, 3), (4, 8, 3)]]
+    with pytest.raises(ShardFormatError, match=r"k1.npy: image is \(4, 8, 3\)"):
+        decode_samples(_samples(npys, "npy"))
     mixed = [(f"k{i}", b"1", e, b, "") for i, (e, b) in enumerate([("npy", npys[0]), ("png", pngs[0]),
                                                                      ("jpg", jpeg(8, 8))])]
-    assert shards.decode_records(mixed)[0].shape == (3, 8, 8, 3)
-    with pytest.raises(shards.ShardFormatError, match="not an lcrypt image"):
-        shards.decode_records([("k", b"1", "pyd", b"\x80\x04K\x01.", "")])
+    assert decode_samples(mixed)[0].shape == (3, 8, 8, 3)
+    with pytest.raises(ShardFormatError, match="not an lcrypt image"):
+        decode_samples([("k", b"1", "pyd", b"\x80\x04K\x01.", "")])
 
 
 def test_labels_parse_like_decode_label():
     ok = [b"0", b"7", b"123", b"-1", b" 4\n", b"0007"]
-    assert shards.decode_labels(ok).tolist() == [shards.decode_label(b) for b in ok] == [0, 7, 123, -1, 4, 7]
-    assert shards.decode_labels(ok).dtype == np.int64
+    assert decode_labels(ok).tolist() == [decode_label(b) for b in ok] == [0, 7, 123, -1, 4, 7]
+    assert decode_labels(ok).dtype == np.int64
     for bad in (b"", b"cat", b"1_0", b"+1", b"1.5", b"\xff", b"9" * 30, b"1" * 5000):
-        with pytest.raises(shards.ShardFormatError):
-            shards.decode_labels([b"1", bad])
-    png = shards.encode_png(np.zeros((2, 2, 3), np.uint8))
-    with pytest.raises(shards.ShardFormatError, match="u: k1.cls: .cls member is not a decimal"):
-        shards.decode_records([("k0", b"1", "png", png, "u"), ("k1", b"one", "png", png, "u")])
+        with pytest.raises(ShardFormatError):
+            decode_labels([b"1", bad])
+    png = encode_png(np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(ShardFormatError, match="u: k1.cls: .cls member is not a decimal"):
+        decode_samples([("k0", b"1", "png", png, "u"), ("k1", b"one", "png", png, "u")])

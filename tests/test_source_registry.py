@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from lcrypt import Key
-from lcrypt.manifest import Manifest
+from lcrypt.format import Manifest
 from lcrypt.sources import KINDS, detect_kind, get_source_kind, open_source, register
 from lcrypt.sources.base import FileSource, Probe, Record
 from lcrypt.verify import verify

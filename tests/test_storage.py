@@ -56,7 +56,7 @@ def test_every_storage_reads_writes_lists_and_deletes_alike(where):
 
 def test_file_urls_are_local_paths_everywhere(tmp_path):
     from lcrypt import Key
-    from lcrypt.manifest import Manifest
+    from lcrypt.format import Manifest
     from lcrypt.verify import verify
     from pipelines.beamstorage import pipeline_storage
     from pipelines.prepare import run

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lcrypt import shards
-from lcrypt.manifest import Manifest
+from lcrypt.format import Manifest, decode_shard
 from tests.test_loader import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +75,7 @@ def test_each_sample_once_per_epoch_across_ranks_over_uneven_shards(trained):
     m = Manifest.load(trained["data"])
     counts = [e.count for e in m.shards_for("train")]
     assert len(set(counts)) > 1  # uneven shards: whole-shard splitting would leave the ranks out of step
-    keys = sorted(k for e in m.shards_for("train") for k, _, _ in shards.read_shard(trained["data"] / e.path))
+    keys = sorted(k for e in m.shards_for("train") for k, _, _ in decode_shard(trained["data"] / e.path))
     traces = [[json.loads(l) for l in (trained["full"] / f"samples-rank{r}.jsonl").read_text().splitlines()]
               for r in range(2)]
     assert len(traces[0]) == len(traces[1]) == 3 * 6  # same number of steps on each rank: no hang

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from lcrypt.manifest import Manifest
+from lcrypt.format import Manifest, write_tar
+from lcrypt.tarstream import iter_members
 from lcrypt.verify import main as verify_main
 from lcrypt.verify import verify
 from pipelines.prepare import run
@@ -77,6 +78,22 @@ def test_swapped_shards_disagree_with_the_index(copy):
     (copy / b.path).write_bytes(da)
     problems, _ = verify(copy)
     assert any(a.path in p and "index.parquet" in p for p in problems)
+
+
+def test_a_sample_that_breaks_the_sample_rule_is_named_and_the_rest_is_read(copy):
+    m = Manifest.load(copy)
+    entry = m.shards[0]
+    with open(copy / entry.path, "rb") as f:
+        members = list(iter_members(f))
+    key = members[0][0].split(".")[0]
+    odd = members[:2] + [(f"{key}.json", b"{}")] + members[2:]
+    entry.bytes, entry.sha256 = write_tar(copy / entry.path, odd)
+    m.save(copy)
+    problems, totals = verify(copy)
+    assert problems == [f"{entry.path}: sample {key!r} holds member(s) .json which lcrypt shards never "
+                        "contain; refusing it (pickles and other types are never decoded). Re-create the "
+                        "dataset with `lcrypt prepare`"]
+    assert totals["samples"] == sum(s.count for s in m.shards)  # every sample counted, the odd one too
 
 
 def test_not_a_dataset_folder(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, NamedTuple
 
-from lcrypt.shards import ShardFormatError
+from lcrypt.format import ShardFormatError
 from training.args import splits_read
 from training.distributed import Process
 from training.errors import TrainError
@@ -31,7 +31,7 @@ class Loaders(NamedTuple):
 
 def open_dataset(args: argparse.Namespace, world: int):
     """``(manifest, base folder)`` of ``--data``, with the splits this run reads and enough samples."""
-    from lcrypt.manifest import ManifestError
+    from lcrypt.format import ManifestError
     from loaders.dataset import load_manifest
     from loaders.plan import kept_per_rank
 

@@ -286,7 +286,7 @@ def tree_record(rel: str, data: bytes, default_split: str, layout: str = "auto",
 
 
 def special_problem(member: Any, name: str) -> str:
-    """The rejection of a tar link or other special member (a lcrypt.shards.TarSpecial)."""
+    """The rejection of a tar link or other special member (a lcrypt.tarstream.TarSpecial)."""
     if member.is_link:
         return (f"link: {member.describe(name)}; only regular files are read (archive the file itself: "
                 "tar --hard-dereference for hard links, --dereference for symbolic ones)")
@@ -344,7 +344,7 @@ def decode_record(record: Record, size: tuple[int, int] | None = None,
         h, w = (int(v) for v in record.ext[5:].split("x"))
         return _fit(np.frombuffer(record.data, np.uint8).reshape(h, w, 3), size, expect)
     if record.ext == "npy":
-        from lcrypt.shards import ShardFormatError, decode_image as decode_member
+        from lcrypt.format import ShardFormatError, decode_member
 
         try:
             return _fit(decode_member("x.npy", record.data), size, expect)

@@ -55,7 +55,7 @@ class CifarSource(FileSource):
 
     def class_names(self) -> list[str] | None:
         """The names in the archive's meta batch (streams the archive up to it)."""
-        from lcrypt.shards import iter_members
+        from lcrypt.tarstream import iter_members
 
         with self.store.open(self.path) as f:
             for name, data in iter_members(f):
@@ -66,7 +66,7 @@ class CifarSource(FileSource):
 
 def iter_cifar(fileobj: IO[bytes]) -> Iterator[Record]:
     """Records of ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz`` (labels + declared names)."""
-    from lcrypt.shards import iter_members
+    from lcrypt.tarstream import iter_members
 
     batches: dict[str, bytes] = {}
     meta = None

@@ -29,9 +29,9 @@ class TarSource(TreeSource, FileSource):
 def iter_tar_tree(fileobj: IO[bytes], default_split: str = DEFAULT_SPLIT,
                   keep: Callable[[int], bool] | None = None, layout: str = "auto") -> Iterator[Record]:
     """Records of an ImageFolder tree inside a (compressed) tar stream, in archive order, unpacked never
-    (``keep(i)``: only the i-th files it accepts, see lcrypt.shards.iter_members). A link or other
+    (``keep(i)``: only the i-th files it accepts, see lcrypt.tarstream.iter_members). A link or other
     special member is a rejected record (reason ``link`` or ``unreadable``): only regular files are read."""
-    from lcrypt.shards import TarSpecial, iter_members
+    from lcrypt.tarstream import TarSpecial, iter_members
 
     for name, data in iter_members(fileobj, keep, links="yield"):
         rel = name.removeprefix("./")

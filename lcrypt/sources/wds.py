@@ -48,9 +48,10 @@ class WdsSource(FileSource):
 
 def iter_wds(fileobj: IO[bytes], rel: str, split: str, class_names: list[str] | None) -> Iterator[Record]:
     """Records of a WebDataset shard; a sample with a link (or other special) member is rejected."""
-    from lcrypt.shards import TarSpecial, _group_members, iter_members
+    from lcrypt.format import group_members
+    from lcrypt.tarstream import TarSpecial, iter_members
 
-    for key, sample in _group_members(iter_members(fileobj, links="yield"), rel):
+    for key, sample in group_members(iter_members(fileobj, links="yield"), rel):
         sid = f"{rel}#{key}"
         special = next(((ext, m) for ext, m in sample.items() if isinstance(m, TarSpecial)), None)
         found = [e for e in WDS_IMAGE_EXTS if e in sample]

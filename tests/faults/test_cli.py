@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lcrypt import Key, get_scheme, shards
+from lcrypt import Key, get_scheme
+from lcrypt.format import Manifest, encode_png
 from lcrypt.cli import MARK_KEYWORD, main
-from lcrypt.manifest import Manifest
 from tests.test_datasets import make_imagefolder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +140,7 @@ def test_an_image_without_the_chunk_needs_allow_unmarked_and_is_reported_uncheck
     plain = np.asarray(Image.open(work / "plain" / "img0.png"))
     shard_like = work / "fromshard"
     shard_like.mkdir()
-    (shard_like / "x.png").write_bytes(shards.encode_png(get_scheme("etc").encrypt(plain[None], key)[0]))
+    (shard_like / "x.png").write_bytes(encode_png(get_scheme("etc").encrypt(plain[None], key)[0]))
     capsys.readouterr()
     refused(capsys, convert("decrypt", work, shard_like, work / "dec"), "x.png carries no lcrypt chunk",
             "--allow-unmarked")
@@ -183,7 +183,7 @@ def test_encrypt_skips_unsupported_files_with_reasons_and_exits_1(work, capsys, 
 
 
 def test_a_write_failure_midway_leaves_only_complete_files(work, capsys, monkeypatch):
-    import lcrypt.shards as shards_module
+    import lcrypt.format.folder as folder_module
 
     calls = []
 
@@ -192,7 +192,7 @@ def test_a_write_failure_midway_leaves_only_complete_files(work, capsys, monkeyp
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(shards_module.os, "fsync", fsync)
+    monkeypatch.setattr(folder_module.os, "fsync", fsync)
     capsys.readouterr()
     refused(capsys, convert("decrypt", work, work / "enc", work / "dec"), "img1.png",
             "No space left on device", "1 image(s) were written")

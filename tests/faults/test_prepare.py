@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcrypt import Key, shards
-from lcrypt.manifest import Manifest
+from lcrypt import Key
+from lcrypt.format import SHARD_RE, Manifest, read_samples
 from lcrypt.verify import verify
 from pipelines import outdir
 from pipelines.prepare import run
@@ -241,21 +241,21 @@ def test_an_unwritable_out_is_found_before_any_work(small, tmp_path, capsys):
 
 
 def test_a_full_disk_while_writing_shards_is_one_line_and_leaves_no_scratch(small, tmp_path, capsys, monkeypatch):
-    real = shards.atomic_write
+    real = outdir.atomic_write
 
     def full(path, data):
         if str(path).endswith(".tar"):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(shards, "atomic_write", full)
+    monkeypatch.setattr(outdir, "atomic_write", full)
     out = tmp_path / "out"
     assert run(small["argv"] + ["--out", str(out)]) == 1
     line = one_line_error(capsys.readouterr().err)
     assert "No space left on device" in line and str(out) in line and "--overwrite" in line
     left = snapshot(out)
     assert list(left) == [outdir.LOCK_NAME]  # the marker of the unfinished run; no fragments, no temp files
-    monkeypatch.setattr(shards, "atomic_write", real)
+    monkeypatch.setattr(outdir, "atomic_write", real)
     assert run(small["argv"] + ["--out", str(out)]) == 2  # an unfinished run is not silently replaced
     assert "did not finish" in one_line_error(capsys.readouterr().err)
     assert run(small["argv"] + ["--out", str(out), "--overwrite"]) == 0
@@ -343,8 +343,8 @@ def test_sigkill_leaves_no_process_no_partial_shard_and_overwrite_recovers(big, 
         time.sleep(0.1)
     assert not [p for p in family if _alive(p)], "a process of the killed run is still running"
     for shard in out.glob("*/*.tar"):  # whatever is under a final name is a whole shard
-        assert shards.SHARD_RE.match(shard.relative_to(out).as_posix())
-        assert sum(1 for _ in shards.iter_samples(io.BytesIO(shard.read_bytes()))) > 0
+        assert SHARD_RE.match(shard.relative_to(out).as_posix())
+        assert sum(1 for _ in read_samples(shard.read_bytes())) > 0
     assert (out / outdir.LOCK_NAME).exists() and not (out / "manifest.json").exists()
     argv = ["--source", str(big / "big.tar.gz"), *SCHEME, "--keys", str(big / "alice.key"), "--out", str(out),
             "--shard-size", "100", "--quiet"]

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from lcrypt import Key, shards
+from lcrypt import Key
+from lcrypt.format import Manifest, ShardWriter, write_tar
 from lcrypt.images import ImageRejected
-from lcrypt.manifest import Manifest
 from lcrypt.sources import iter_records, open_source
 from lcrypt.sources.base import Record, classes_from_names, decode_record, owners_of
 from lcrypt.sources.parquet import parquet_split
 from lcrypt.storage import LocalStorage
+from lcrypt.tarstream import TarFormatError, TarSpecial, iter_members
 from tests.test_datasets import make_images, make_parquet, png_bytes
 
 SCHEME = ["--scheme", "etc", "--param", "block_size=8"]
@@ -168,13 +169,13 @@ def test_tar_links_are_reported_never_dropped(tmp_path):
         assert sorted(got) == sorted(r.source_id for r in records)
 
     with open(path, "rb") as f:  # lcrypt shards never hold links: by default a link is an error
-        with pytest.raises(shards.ShardFormatError, match="'train/dog/hard.png' is a hard link"):
-            list(shards.iter_members(f))
+        with pytest.raises(TarFormatError, match="'train/dog/hard.png' is a hard link"):
+            list(iter_members(f))
     with open(path, "rb") as f:
-        specials = [(n, m) for n, m in shards.iter_members(f, links="yield")
-                    if isinstance(m, shards.TarSpecial)]
-    assert specials == [("train/dog/hard.png", shards.TarSpecial("hard link", "train/dog/0.png")),
-                        ("train/cat/soft.png", shards.TarSpecial("symbolic link", "../dog/1.png"))]
+        specials = [(n, m) for n, m in iter_members(f, links="yield")
+                    if isinstance(m, TarSpecial)]
+    assert specials == [("train/dog/hard.png", TarSpecial("hard link", "train/dog/0.png")),
+                        ("train/cat/soft.png", TarSpecial("symbolic link", "../dog/1.png"))]
 
     # long link targets (GNU 'K' and pax linkpath records) and other special members (a FIFO)
     far = "train/dog/" + "d" * 120 + ".png"
@@ -188,8 +189,9 @@ def test_tar_links_are_reported_never_dropped(tmp_path):
         assert f"symbolic link to {far!r}" in records[0].layout_error and "is a FIFO" in records[1].layout_error
 
     # WebDataset source: the sample with a link member is rejected, the others read
-    members = [m for i, img in enumerate(make_images(3, seed=4))
-               for m in shards.encode_sample(f"s{i}", img, i, "png")]
+    writer = ShardWriter("png")
+    members = writer.members([(f"s{i}", i, writer.encode(img))
+                              for i, img in enumerate(make_images(3, seed=4))])
     (tmp_path / "wds" / "train").mkdir(parents=True)
     with tarfile.open(tmp_path / "wds" / "train" / "a-000000.tar", "w") as tf:
         for name, data in members[:4]:
@@ -238,11 +240,12 @@ def test_symlinked_folders_are_followed_loops_refused_unreadable_files_rejected(
 # -- 5. labels outside the class list -------------------------------------------------------------------
 def test_labels_outside_the_class_list_are_rejected(tmp_path):
     imgs = make_images(4, seed=3)
-    members = [m for i, (img, lab) in enumerate(zip(imgs, [3, 99, -1, 0]))
-               for m in shards.encode_sample(f"s{i}", img, lab, "png")]
+    writer = ShardWriter("png")
+    members = writer.members([(f"s{i}", lab, writer.encode(img))
+                              for i, (img, lab) in enumerate(zip(imgs, [3, 99, -1, 0]))])
     wds = tmp_path / "wds"
     (wds / "train").mkdir(parents=True)
-    shards.write_tar(wds / "train" / "a-000000.tar", members)
+    write_tar(wds / "train" / "a-000000.tar", members)
     undeclared = list(open_source(str(wds)))
     (wds / "_info.json").write_text(json.dumps({"class_names": [f"c{i}" for i in range(10)]}))
     declared = list(open_source(str(wds)))

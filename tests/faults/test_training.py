@@ -24,8 +24,10 @@ import numpy as np
 import pytest
 import torch
 
-from lcrypt import Key, shards
-from lcrypt.manifest import Manifest
+from lcrypt import Key
+from lcrypt.format import (Manifest, ShardFormatError, decode_samples, decode_shard, encode_image, encode_png,
+                           tar_bytes)
+from lcrypt.tarstream import iter_members
 from loaders import plan as planning
 from loaders.dataset import ShardDataset
 from loaders.gpu import GPUResident
@@ -79,8 +81,8 @@ def edit_members(data: Path, edit) -> tuple[str, list[str]]:
     """Pass the largest train shard's members through ``edit``; returns the shard path and its keys."""
     entry = largest_shard(data)
     with open(data / entry.path, "rb") as f:
-        members = list(shards.iter_members(f))
-    set_shard(data, entry.path, shards.tar_bytes(edit(members)))
+        members = list(iter_members(f))
+    set_shard(data, entry.path, tar_bytes(edit(members)))
     return entry.path, [n.split(".")[0] for n, _ in members if n.endswith(".cls")]
 
 
@@ -172,7 +174,7 @@ def test_plan_drops_a_moving_window_so_every_sample_is_seen_within_two_epochs(co
 def test_shard_dataset_trains_on_every_key_within_two_epochs(data):
     """The reproduction: few shards, batches that do not divide the rank's share; read the real shards."""
     m = Manifest.load(data["data"])
-    keys = {k for e in m.shards_for("train") for k, _, _ in shards.read_shard(data["data"] / e.path)}
+    keys = {k for e in m.shards_for("train") for k, _, _ in decode_shard(data["data"] / e.path)}
     assert len(keys) == 24
     per_epoch = []
     for epoch in range(3):
@@ -305,7 +307,7 @@ def test_label_outside_the_classes_names_shard_and_sample(data, tmp_path, capsys
         rel, keys = edit_members(bad, lambda ms: [(n, label if i == 2 else b) for i, (n, b) in enumerate(ms)])
         ds = ShardDataset(bad, "train", 4, shuffle=False)
         match = rf"{re.escape(rel)}: sample {keys[1]}: class index {int(label)} is outside 0..2"
-        with pytest.raises(shards.ShardFormatError, match=match):
+        with pytest.raises(ShardFormatError, match=match):
             list(ds)
         out = tmp_path / f"out{label.decode()}"
         rc, err = train(capsys, "--data", bad, "--out", out, *FAST)
@@ -343,11 +345,11 @@ def test_huge_image_in_a_small_dataset_is_refused_from_its_header(data, tmp_path
     refused(rc, err, match=rf"{re.escape(rel)}: {keys[1]}\.png: PNG header says 8000x8000 \(W x H\), but the "
                            r"dataset's images are 16x16")
     assert snapshot(out) is None
-    small = shards.encode_png(np.zeros((16, 16, 3), np.uint8))
+    small = encode_png(np.zeros((16, 16, 3), np.uint8))
     records = [("a", b"0", "png", small, "u"), ("b", b"1", "png", big, "u")]
     tracemalloc.start()
-    with pytest.raises(shards.ShardFormatError, match="u: b.png: PNG header says 8000x8000"):
-        shards.decode_records(records, (16, 16, 3))
+    with pytest.raises(ShardFormatError, match="u: b.png: PNG header says 8000x8000"):
+        decode_samples(records, (16, 16, 3))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 8 << 20  # nothing was inflated
@@ -357,15 +359,15 @@ def test_jpeg_and_npy_of_another_size_are_refused_from_their_header():
     rng = np.random.default_rng(0)
     for enc, ext, kind in [("jpeg", "jpg", "JPEG"), ("npy", "npy", "NPY"), ("png", "png", "PNG")]:
         def blob(h, w):
-            return shards.encode_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), enc, 90)
+            return encode_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), enc, 90)
 
         for odd in (0, 2):  # first of the batch, and inside it
             records = [(f"k{i}", b"1", ext, blob(64, 48) if i == odd else blob(16, 16), "u")
                        for i in range(3)]
-            with pytest.raises(shards.ShardFormatError, match=rf"u: k{odd}\.{ext}: {kind} header says 48x64"):
-                shards.decode_records(records, (16, 16, 3))
+            with pytest.raises(ShardFormatError, match=rf"u: k{odd}\.{ext}: {kind} header says 48x64"):
+                decode_samples(records, (16, 16, 3))
             good = [r for i, r in enumerate(records) if i != odd]
-            assert shards.decode_records(good, (16, 16, 3))[0].shape == (2, 16, 16, 3)
+            assert decode_samples(good, (16, 16, 3))[0].shape == (2, 16, 16, 3)
 
 
 def test_predict_refuses_in_one_line(data, trained, tmp_path, capsys):

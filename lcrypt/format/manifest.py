@@ -1,25 +1,16 @@
-"""The manifest schema of a published lcrypt dataset: one definition, read by loaders and `verify`.
+"""The manifest of a published lcrypt dataset: one schema, written by `prepare`, read by loaders and `verify`.
 
-A dataset folder holds (see :mod:`lcrypt.shards` for the shards themselves)::
-
-    manifest.json     this module's :class:`Manifest` (format "lcrypt-dataset/1")
-    index.parquet     one row per sample: key, shard, label, owner, split (pyarrow; rows sorted by shard, key)
-    _info.json        the same sample counts in the form timm's WebDataset reader loads
-                      (``{"name", "splits": {split: {"name", "num_samples", "filenames", "shard_lengths"}}}``),
-                      so ``timm train.py --dataset wds/NAME --data-dir DIR --train-split train`` runs on it
-    errors.jsonl      one line per rejected source record: {"source", "split", "owner", "reason"}
-    .lcrypt-prepare.lock, .fragments/   only while `lcrypt prepare` runs (left behind: it did not finish)
-    {split}/{owner}-{index:06d}.tar   the shards
-
-manifest.json fields: ``format``, ``name``, ``lcrypt_version``, ``created`` (UTC time; the only field
-that differs between two runs on the same input, excluded by :meth:`Manifest.deterministic_dict`),
-``scheme`` (registry name) + ``scheme_params`` (enough for ``lcrypt.get_scheme(scheme, **params)``) +
-``scheme_info`` (its SchemeInfo.as_dict at this image size: augmentations, aug_grid, block size...),
-``owners`` (name, public ``key_id`` — never a secret — and written counts per split), ``splits``
-(split -> written count), ``class_names`` (index = label), ``image_shape`` [H, W, 3], ``encoding``
-("png" | "npy" | "jpeg") with ``jpeg_quality`` / ``jpeg_subsampling``, ``shards`` (path relative to the
-folder, owner, split, count, bytes, sha256), ``stats`` (per split and owner: read, written, rejected)
-and ``source`` (the reader format and options; never the source's file names).
+The files of a dataset folder are listed in :mod:`lcrypt.format.folder`; manifest.json is this module's
+:class:`Manifest` (format "lcrypt-dataset/1"). Its fields: ``format``, ``name``, ``lcrypt_version``,
+``created`` (UTC time; the only field that differs between two runs on the same input, excluded by
+:meth:`Manifest.deterministic_dict`), ``scheme`` (registry name) + ``scheme_params`` (enough for
+``lcrypt.get_scheme(scheme, **params)``) + ``scheme_info`` (its SchemeInfo.as_dict at this image size:
+augmentations, aug_grid, block size...), ``owners`` (name, public ``key_id`` — never a secret — and
+written counts per split), ``splits`` (split -> written count), ``class_names`` (index = label),
+``image_shape`` [H, W, 3], ``encoding`` ("png" | "npy" | "jpeg") with ``jpeg_quality`` /
+``jpeg_subsampling``, ``shards`` (path relative to the folder, owner, split, count, bytes, sha256),
+``stats`` (per split and owner: read, written, rejected) and ``source`` (the reader format and options;
+never the source's file names).
 
 JSON is written with sorted keys and a fixed indent, so equal content gives equal bytes.
 """
@@ -30,27 +21,19 @@ import dataclasses
 import datetime as _dt
 import json
 import os
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from lcrypt.format.folder import INDEX_NAME, MANIFEST_NAME, TIMM_INFO_NAME, ManifestError, atomic_write
+from lcrypt.format.index import index_bytes
 from lcrypt.storage import Storage, is_remote, join, storage_for
 
 MANIFEST_FORMAT = "lcrypt-dataset/1"
-MANIFEST_NAME = "manifest.json"
-INDEX_NAME = "index.parquet"
-TIMM_INFO_NAME = "_info.json"
-ERRORS_NAME = "errors.jsonl"
-LOCK_NAME = ".lcrypt-prepare.lock"  # a prepare run's lock; left behind, the marker of a run that did not finish
-FRAGMENTS_NAME = ".fragments"  # prepare's scratch folder (encoded images before they are grouped into shards)
-INDEX_COLUMNS = ("key", "shard", "label", "owner", "split")
-
-
-class ManifestError(ValueError):
-    """manifest.json is missing, malformed or of another format version."""
 
 
 @dataclasses.dataclass
 class ShardEntry:
+    """One shard as the manifest lists it; ``bytes`` and ``sha256`` let every reader check it is intact."""
+
     path: str  # relative to the dataset folder, POSIX separators
     owner: str
     split: str
@@ -61,6 +44,8 @@ class ShardEntry:
 
 @dataclasses.dataclass
 class OwnerEntry:
+    """One data owner: a name and the public id of the key its samples are encrypted under."""
+
     name: str
     key_id: str  # public fingerprint of the owner's key (lcrypt.Key.key_id), never the secret
     counts: dict[str, int] = dataclasses.field(default_factory=dict)  # split -> samples written
@@ -68,6 +53,8 @@ class OwnerEntry:
 
 @dataclasses.dataclass
 class Manifest:
+    """manifest.json: what a dataset folder holds and how it was made (fields: the module docstring)."""
+
     name: str
     scheme: str
     scheme_params: dict[str, Any]
@@ -107,7 +94,8 @@ class Manifest:
     def shards_for(self, split: str, owner: str | None = None) -> list[ShardEntry]:
         """Shard entries of one split (and optionally one owner), sorted by path."""
         if split not in self.splits:
-            raise KeyError(f"split {split!r} not in this dataset (splits: {', '.join(self.splits) or 'none'})")
+            raise KeyError(f"split {split!r} not in this dataset (splits: "
+                           f"{', '.join(self.splits) or 'none'})")
         return [s for s in self.shards if s.split == split and (owner is None or s.owner == owner)]
 
     def num_samples(self, split: str, owner: str | None = None) -> int:
@@ -117,7 +105,8 @@ class Manifest:
         for o in self.owners:
             if o.name == name:
                 return o
-        raise KeyError(f"owner {name!r} not in this dataset (owners: {', '.join(o.name for o in self.owners)})")
+        raise KeyError(f"owner {name!r} not in this dataset (owners: "
+                       f"{', '.join(o.name for o in self.owners)})")
 
     def scheme_object(self):
         """The scheme this dataset was encrypted with, rebuilt from the registry."""
@@ -182,15 +171,14 @@ class Manifest:
         Written last by the pipeline, after every shard, so a folder with a manifest is complete.
         ``write(path, data)`` replaces the local atomic writer (the pipeline passes one for gs:// etc).
         """
-        from lcrypt.shards import atomic_write
-
         write = write or atomic_write
         directory = str(directory).rstrip("/")
         if not self.created:
             self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if index is not None:
             write(f"{directory}/{INDEX_NAME}", index_bytes(index))
-        write(f"{directory}/{TIMM_INFO_NAME}", (json.dumps(self.timm_info(), indent=1, sort_keys=True) + "\n").encode())
+        timm_info = json.dumps(self.timm_info(), indent=1, sort_keys=True) + "\n"
+        write(f"{directory}/{TIMM_INFO_NAME}", timm_info.encode())
         write(f"{directory}/{MANIFEST_NAME}", self.to_json().encode())
         return f"{directory}/{MANIFEST_NAME}"
 
@@ -203,8 +191,8 @@ class Manifest:
         try:
             body = json.loads(store.read_bytes(path))
         except FileNotFoundError:
-            raise ManifestError(f"{path} not found: is this an lcrypt dataset folder (made by `lcrypt prepare`)?"
-                                ) from None
+            raise ManifestError(f"{path} not found: is this an lcrypt dataset folder (made by "
+                                "`lcrypt prepare`)?") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ManifestError(f"{path} is not valid JSON ({exc}); the dataset folder is damaged") from None
         return cls.from_dict(body)
@@ -222,45 +210,3 @@ def dataset_folder(path_or_dir: str | os.PathLike) -> str:
     """The folder of a dataset given as the folder or as its manifest.json (local or a URL)."""
     path = manifest_path(path_or_dir)
     return path.rsplit("/", 1)[0] if is_remote(path) else os.path.dirname(path) or "."
-
-
-# -- index.parquet ---------------------------------------------------------------------------------
-def index_table(rows: Iterable[Mapping[str, Any]]):
-    """A pyarrow Table of index rows, sorted by (shard, key) so equal content gives equal files."""
-    import pyarrow as pa
-
-    rows = sorted(rows, key=lambda r: (r["shard"], r["key"]))
-    schema = pa.schema([("key", pa.string()), ("shard", pa.string()), ("label", pa.int64()),
-                        ("owner", pa.string()), ("split", pa.string())])
-    return pa.table({c: [r[c] for r in rows] for c in INDEX_COLUMNS}, schema=schema)
-
-
-def index_bytes(rows: Iterable[Mapping[str, Any]]) -> bytes:
-    """index.parquet content (no pandas metadata; deterministic for one pyarrow version)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(index_table(rows), sink, compression="zstd", write_statistics=False)
-    return sink.getvalue().to_pybytes()
-
-
-def write_index(directory: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write index.parquet atomically."""
-    from lcrypt.shards import atomic_write
-
-    path = Path(directory) / INDEX_NAME
-    atomic_write(path, index_bytes(rows))
-    return path
-
-
-def read_index(directory: str | os.PathLike):
-    """index.parquet of a dataset folder as a pyarrow Table (columns key, shard, label, owner, split)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = join(directory, INDEX_NAME)
-    store = storage_for(path)
-    if not store.exists(path):
-        raise ManifestError(f"{path} not found: the dataset folder is incomplete; re-run `lcrypt prepare`")
-    return pq.read_table(pa.BufferReader(store.read_bytes(path)))

@@ -1,0 +1,51 @@
+"""A dataset folder's files: what they are called, the error when one is missing or malformed, and how
+each is written (:func:`atomic_write`: a crash never leaves a file that looks complete).
+
+A published lcrypt dataset folder holds::
+
+    manifest.json     the manifest (:class:`lcrypt.format.Manifest`, format "lcrypt-dataset/1")
+    index.parquet     one row per sample: key, shard, label, owner, split (:mod:`lcrypt.format.index`)
+    _info.json        the same sample counts in the form timm's WebDataset reader loads (``{"name",
+                      "splits": {split: {"name", "num_samples", "filenames", "shard_lengths"}}}``), so
+                      ``timm train.py --dataset wds/NAME --data-dir DIR --train-split train`` runs on it
+    errors.jsonl      one line per rejected source record: {"source", "split", "owner", "reason"}
+    .lcrypt-prepare.lock, .fragments/   only while `lcrypt prepare` runs (left behind: it did not finish)
+    {split}/{owner}-{index:06d}.tar   the shards (:mod:`lcrypt.format.names`)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.parquet"
+TIMM_INFO_NAME = "_info.json"
+ERRORS_NAME = "errors.jsonl"
+LOCK_NAME = ".lcrypt-prepare.lock"  # a prepare run's lock; left behind, it marks a run that did not finish
+FRAGMENTS_NAME = ".fragments"  # prepare's scratch folder (encoded images before they are grouped into shards)
+
+
+class ManifestError(ValueError):
+    """manifest.json (or index.parquet) is missing, malformed or of another format version."""
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
