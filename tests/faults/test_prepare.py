@@ -241,21 +241,23 @@ def test_an_unwritable_out_is_found_before_any_work(small, tmp_path, capsys):
 
 
 def test_a_full_disk_while_writing_shards_is_one_line_and_leaves_no_scratch(small, tmp_path, capsys, monkeypatch):
-    real = outdir.atomic_write
+    from lcrypt.storage import LocalStorage
 
-    def full(path, data):
+    real = LocalStorage.write_atomic
+
+    def full(self, path, data, durable=True):
         if str(path).endswith(".tar"):
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
+        real(self, path, data, durable)
 
-    monkeypatch.setattr(outdir, "atomic_write", full)
+    monkeypatch.setattr(LocalStorage, "write_atomic", full)
     out = tmp_path / "out"
     assert run(small["argv"] + ["--out", str(out)]) == 1
     line = one_line_error(capsys.readouterr().err)
     assert "No space left on device" in line and str(out) in line and "--overwrite" in line
     left = snapshot(out)
     assert list(left) == [outdir.LOCK_NAME]  # the marker of the unfinished run; no fragments, no temp files
-    monkeypatch.setattr(outdir, "atomic_write", real)
+    monkeypatch.setattr(LocalStorage, "write_atomic", real)
     assert run(small["argv"] + ["--out", str(out)]) == 2  # an unfinished run is not silently replaced
     assert "did not finish" in one_line_error(capsys.readouterr().err)
     assert run(small["argv"] + ["--out", str(out), "--overwrite"]) == 0
