@@ -104,8 +104,8 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
     import apache_beam as beam
 
     from pipelines.sources import ReadRecords
-    from pipelines.transforms import (AssignShardsFn, ClassNamesFn, EncryptChunkFn, FinalizeFn, WriteShardFn, add_pairs,
-                                      dead_letter_reads, dead_letter_rows)
+    from pipelines.encrypt import EncryptChunkFn, dead_letter_reads, dead_letter_rows
+    from pipelines.transforms import AssignShardsFn, ClassNamesFn, FinalizeFn, WriteShardFn, add_pairs
 
     chunks = p | "ReadRecords" >> ReadRecords(source, config.chunk, config.read_parts)
     if class_names is not None:
@@ -186,7 +186,7 @@ def plan(args: argparse.Namespace):
     from lcrypt.sources import open_source
     from pipelines.beamstorage import BEAM
     from pipelines.runlock import check_apart
-    from pipelines.transforms import PrepareConfig
+    from pipelines.config import PrepareConfig
 
     check_numbers(args)
     try:

@@ -164,18 +164,18 @@ def test_a_record_that_kills_its_decoder_is_rejected_and_its_chunk_still_written
     import os
     import signal
 
-    import pipelines.transforms as transforms
+    import pipelines.encrypt as encrypt
 
     truth = make_imagefolder(tmp_path / "src", per_class=2, splits=("train",))
     poison = "train/dog/img_002.png"
-    real_decode = transforms.decode_record
+    real_decode = encrypt.decode_record
 
     def decode_or_die(record, **kw):
         if record.source_id == poison:
             os.kill(os.getpid(), signal.SIGKILL)  # what a segfaulting decoder looks like to Beam
         return real_decode(record, **kw)
 
-    monkeypatch.setattr(transforms, "decode_record", decode_or_die)  # the decoder subprocess is forked
+    monkeypatch.setattr(encrypt, "decode_record", decode_or_die)  # the decoder subprocess is forked
     Key.generate("solo").save(tmp_path / "solo.key")
     argv = ["--source", str(tmp_path / "src"), *SCHEME, "--keys", str(tmp_path / "solo.key"), "--out",
             str(tmp_path / "out"), "--chunk", "3", "--max-reject-rate", "0.5", "--quiet"]
@@ -300,7 +300,7 @@ def test_shared_cifar10_subset(shared_datasets, tmp_path, fixed_key):
 
 
 def test_encrypt_batch_is_the_batched_encryption_for_large_and_small_images():
-    from pipelines.transforms import LARGE_IMAGE_BYTES, encrypt_batch
+    from pipelines.encrypt import LARGE_IMAGE_BYTES, encrypt_batch
 
     scheme, key = get_scheme("etc", block_size=16), Key.generate("o")
     rng = np.random.default_rng(3)

@@ -18,7 +18,8 @@ from PIL import Image
 
 from lcrypt import Key, get_scheme
 from lcrypt.format import Manifest, encode_png
-from lcrypt.cli import MARK_KEYWORD, main
+from lcrypt.cli import main
+from lcrypt.imagefiles import MARK_KEYWORD
 from tests.test_datasets import make_imagefolder
 
 ROOT = Path(__file__).resolve().parents[2]
