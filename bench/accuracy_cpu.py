@@ -1,7 +1,9 @@
-"""CPU accuracy check: the same small model and budget on plain, pe, etc and le CIFAR-10 (about 10 min, 2 cores).
+"""CPU accuracy check: the same small model and budget on plain, pe, etc and le CIFAR-10
+(about 10 min, 2 cores).
 
     python bench/accuracy_cpu.py [--source ../shared/datasets/cifar10-jpeg.tar.gz] [--epochs 2]
-    python bench/accuracy_cpu.py --schemes plain,le:block,pe:pe     # SCHEME:ADAPT puts an adaptation network in front
+    # SCHEME:ADAPT puts an adaptation network in front
+    python bench/accuracy_cpu.py --schemes plain,le:block,pe:pe
 
 For each scheme: the real `prepare` pipeline (Beam, in-process) encrypts CIFAR-10 with one fresh key into
 PNG shards, then `training.train` (one process, streaming loader) trains a ConvMixer-64/4 (patch 2,
@@ -29,11 +31,13 @@ def main(argv=None) -> int:
     here = Path(__file__).resolve().parents[1]
     p.add_argument("--source", default=str(here.parent / "shared/datasets/cifar10-jpeg.tar.gz"))
     p.add_argument("--work", default="/tmp/lcrypt-accuracy")
-    p.add_argument("--schemes", default="plain,pe,etc,le", help="comma-separated SCHEME or SCHEME:ADAPT (pe, block)")
+    p.add_argument("--schemes", default="plain,pe,etc,le",
+                   help="comma-separated SCHEME or SCHEME:ADAPT (pe, block)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--kernel", type=int, default=3,
-                   help="ConvMixer depthwise kernel (default 3; the earlier 5 made the four runs take ~17 min)")
+                   help="ConvMixer depthwise kernel "
+                   "(default 3; the earlier 5 made the four runs take ~17 min)")
     args = p.parse_args(argv)
     from lcrypt import Key
     from lcrypt.table import format_table
@@ -52,8 +56,8 @@ def main(argv=None) -> int:
         data = work / scheme
         t0 = time.perf_counter()
         if not (data / "manifest.json").exists():
-            rc = prepare(["--source", args.source, "--scheme", scheme, *PARAMS[scheme], "--keys", str(key_path),
-                          "--out", str(data), "--quiet", "--overwrite"])
+            rc = prepare(["--source", args.source, "--scheme", scheme, *PARAMS[scheme],
+                          "--keys", str(key_path), "--out", str(data), "--quiet", "--overwrite"])
             if rc:
                 return rc
         prep_s = time.perf_counter() - t0
@@ -64,7 +68,8 @@ def main(argv=None) -> int:
                     "--epochs", str(args.epochs),
                     "--batch-size", str(args.batch_size), "--opt", "adamw", "--lr", "0.005",
                     "--weight-decay", "0.05", "--sched", "cosine", "--warmup-epochs", "0.2",
-                    "--memory-format", "channels_last", "--workers", "0", "--adapt", adapt or "none", "--quiet"])
+                    "--memory-format", "channels_last", "--workers", "0", "--adapt", adapt or "none",
+                    "--quiet"])
         if rc:
             return rc
         s = json.loads((out / "summary.json").read_text())

@@ -68,8 +68,8 @@ def plain_loop(archive: str, out_dir: str, scheme_name: str, params: dict, encod
             enc = scheme.encrypt(img[None], key)[0]
             label = classes.setdefault(info.name.split("/")[-2], len(classes))
             if encoding == "jpeg":
-                sample = {"__key__": f"{n:08d}", "jpg": simplejpeg.encode_jpeg(enc, quality=quality, colorspace="RGB",
-                                                                                 colorsubsampling="444"), "cls": label}
+                jpg = simplejpeg.encode_jpeg(enc, quality=quality, colorspace="RGB", colorsubsampling="444")
+                sample = {"__key__": f"{n:08d}", "jpg": jpg, "cls": label}
             else:
                 buf = io.BytesIO()
                 Image.fromarray(enc).save(buf, format="PNG")
@@ -96,7 +96,8 @@ def main() -> None:
                                 limit=args.limit)
     members = read_members(args.archive, args.limit)
     f = floor(members, args.encoding)
-    print(f"plain loop: {n} images in {s:.1f} s = {n / s:,.0f} images/s, {size / n:,.0f} bytes on disk per sample")
+    print(f"plain loop: {n} images in {s:.1f} s = {n / s:,.0f} images/s, "
+          f"{size / n:,.0f} bytes on disk per sample")
     print(f"floor (decode + encode only): {len(members) / f:,.0f} images/s")
 
 

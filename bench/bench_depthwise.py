@@ -1,7 +1,8 @@
-"""Depthwise convolution: PyTorch's kernels vs FFT products vs the Triton kernel (training.depthwise), side by side.
+"""Depthwise convolution: PyTorch's kernels vs FFT products vs the Triton kernel (training.depthwise),
+side by side.
 
-    .venv/bin/python bench/bench_depthwise.py                 # CPU: small shapes (no Triton column)
-    python3 bench/bench_depthwise.py --device cuda            # GPU: the ConvMixer-256/8 p1 k9 shapes, batch 512
+    .venv/bin/python bench/bench_depthwise.py       # CPU: small shapes (no Triton column)
+    python3 bench/bench_depthwise.py --device cuda  # GPU: the ConvMixer-256/8 p1 k9 shapes, batch 512
 
 ConvMixer's 9×9 depthwise convolution is what a patch-1 ConvMixer spends its GPU time on (docs/benchmarks.md,
 "Training on GPU": 1,650 img/s on an H100). For each kernel size this times one forward + backward of the
@@ -76,8 +77,9 @@ def layer_row(batch: int, channels: int, size: int, kernel: int, device: torch.d
     f = timed_ms(step(alt["fft"], torch.contiguous_format), device, reps)
     t = timed_ms(step(alt["triton"], torch.channels_last), device, reps) if amp else None
     best = min(direct, direct_cl)
-    return [f"depthwise {channels}×{size}×{size} k{kernel}, batch {batch}", round(direct, 2), round(direct_cl, 2),
-            round(f, 2), round(best / f, 2), *((round(t, 2), round(best / t, 2)) if amp else ("-", "-"))]
+    label = f"depthwise {channels}×{size}×{size} k{kernel}, batch {batch}"
+    return [label, round(direct, 2), round(direct_cl, 2), round(f, 2), round(best / f, 2),
+            *((round(t, 2), round(best / t, 2)) if amp else ("-", "-"))]
 
 
 def triton_sweep(batch: int, channels: int, size: int, kernel: int, device: torch.device, reps: int) -> list:
@@ -88,8 +90,8 @@ def triton_sweep(batch: int, channels: int, size: int, kernel: int, device: torc
     xin = torch.randn(batch, channels, size, size, device=device).to(memory_format=torch.channels_last)
     xin.requires_grad_(True)
     rows = []
-    for bp, bc, wbp in ((32, 32, 256), (64, 32, 256), (128, 32, 256), (32, 64, 256), (64, 64, 256), (128, 16, 256),
-                        (64, 32, 128), (64, 32, 512), (64, 32, 1024)):
+    for bp, bc, wbp in ((32, 32, 256), (64, 32, 256), (128, 32, 256), (32, 64, 256), (64, 64, 256),
+                        (128, 16, 256), (64, 32, 128), (64, 32, 512), (64, 32, 1024)):
         layer.block_p, layer.block_c, layer.wgrad_block_p = bp, bc, wbp
 
         def run():
@@ -100,7 +102,8 @@ def triton_sweep(batch: int, channels: int, size: int, kernel: int, device: torc
     return rows
 
 
-def model_row(width: int, depth: int, patch: int, kernel: int, batch: int, device: torch.device, reps: int) -> list:
+def model_row(width: int, depth: int, patch: int, kernel: int, batch: int, device: torch.device,
+              reps: int) -> list:
     amp = device.type == "cuda"
     fmt = torch.channels_last if amp else torch.contiguous_format
     x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
@@ -150,7 +153,8 @@ def main(argv=None) -> int:
     print(format_table(rows, ["fwd + bwd", "direct ms", "direct channels_last ms", "FFT ms", "direct / FFT",
                               "Triton ms", "direct / Triton", "img/s (direct → FFT → Triton)"]))
     if cuda:
-        print(format_table(triton_sweep(batch, 256, 32, 9, device, reps), ["Triton k9 blocks (positions × channels)", "fwd + bwd ms"]))
+        sweep = triton_sweep(batch, 256, 32, 9, device, reps)
+        print(format_table(sweep, ["Triton k9 blocks (positions × channels)", "fwd + bwd ms"]))
     name = (torch.cuda.get_device_name(device) if cuda
             else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
     print(f"device: {name}; torch {torch.__version__}; {'bf16 autocast' if cuda else 'float32'}")

@@ -1,7 +1,7 @@
 """Jigsaw solver on the first Imagenette val images: scrambling alone and full EtC (224×224, 16-px blocks).
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_jigsaw.py --images 20 --etc-images 10 \\
-        --module /tmp/jigsaw_old.py
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_jigsaw.py \\
+        --images 20 --etc-images 10 --module /tmp/jigsaw_old.py
 
 Scrambling alone: median/min SSIM, median correct-neighbour rate and wall seconds per image (one core
 with the variables above). Full EtC: the solver's output is defined up to one global rotation/flip,
@@ -44,7 +44,8 @@ def measure(J, plain: np.ndarray, key: Key, b: int, full: bool, restarts: int, v
     gw = plain.shape[2] // b
     if full:
         etc = get_scheme("etc", block_size=b)
-        cipher, origin = etc.encrypt(plain, key), J.true_block_positions(etc._transform(key, plain.shape[1:]), b)
+        cipher = etc.encrypt(plain, key)
+        origin = J.true_block_positions(etc._transform(key, plain.shape[1:]), b)
     else:
         m = J.scramble_only(key, plain.shape[1:], b)
         cipher, origin = m.forward(plain), J.true_block_positions(m, b)
@@ -65,13 +66,15 @@ def measure(J, plain: np.ndarray, key: Key, b: int, full: bool, restarts: int, v
         if verbose:
             print(f"  {'full EtC' if full else 'scrambling'} {i:3d}  ssim {ss[-1]:.3f}  "
                   f"neighbours {nb[-1]:.3f}  {ts[-1]:.2f} s", flush=True)
-    return [float(np.median(ss)), float(np.min(ss)), float(np.median(nb)), float(np.mean(nb)), float(np.mean(ts))]
+    return [float(np.median(ss)), float(np.min(ss)), float(np.median(nb)), float(np.mean(nb)),
+            float(np.mean(ts))]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DATA))
-    p.add_argument("--images", type=int, default=20, help="scrambling-only images (the first of val; 0 = skip)")
+    p.add_argument("--images", type=int, default=20,
+                   help="scrambling-only images (the first of val; 0 = skip)")
     p.add_argument("--etc-images", type=int, default=10, help="full-EtC images (the first of val; 0 = skip)")
     p.add_argument("--offset", type=int, default=0, help="skip this many val images first (held-out images)")
     p.add_argument("--restarts", type=int, default=1)
@@ -82,12 +85,14 @@ def main() -> None:
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
     key = Key(bytes(range(32)), "bench")
-    plain = load_arrays(args.data, "val", limit=args.offset + max(args.images, args.etc_images))[0][args.offset:]
+    limit = args.offset + max(args.images, args.etc_images)
+    plain = load_arrays(args.data, "val", limit=limit)[0][args.offset:]
+    variants = ((False, args.images, args.restarts), (True, args.etc_images, args.etc_restarts))
     rows = []
     for path in [None, *args.module]:
         J = load_solver(path)
         name = path or "lcrypt.attacks.jigsaw"
-        for full, n, restarts in ((False, args.images, args.restarts), (True, args.etc_images, args.etc_restarts)):
+        for full, n, restarts in variants:
             if n:
                 rows.append([name, "full EtC (oracle symmetry)" if full else "scrambling only", n,
                              *measure(J, plain[:n], key, args.block, full, restarts, args.verbose)])

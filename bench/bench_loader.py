@@ -83,8 +83,8 @@ def main(argv=None) -> int:
     for enc, extra in variants.items():
         data = work / enc
         if not (data / "manifest.json").exists():
-            assert prepare(["--source", args.source, "--scheme", "plain", "--keys", str(key), "--out", str(data),
-                            "--quiet", "--overwrite", *extra]) == 0
+            assert prepare(["--source", args.source, "--scheme", "plain", "--keys", str(key),
+                            "--out", str(data), "--quiet", "--overwrite", *extra]) == 0
         m = Manifest.load(data)
         split = "test"  # 10,000 images in 2 shards; the same code path as train
         n = m.num_samples(split)
@@ -121,11 +121,11 @@ def main(argv=None) -> int:
         r_load, r_dict = timed_side_by_side(loader(0), dict_path)
         r_two = timed(loader(2), repeat=2)
         mb = sum(len(b) for b in blobs) / n
-        rows.append([enc, n, f"{mb:,.0f}", round(r_arr), round(r_rec), round(r_tar), round(r_load), round(r_dict),
-                     f"{r_load / r_dict:.2f}", round(r_two), f"{r_load / r_arr:.3f}"])
-    print(format_table(rows, ["shards", "images", "bytes/img", "array img/s", "samples img/s", "tar dicts img/s",
-                              "loader 1 proc img/s", "dict path 1 proc img/s", "loader / dict path",
-                              "loader 2 workers img/s", "loader / array"]))
+        rows.append([enc, n, f"{mb:,.0f}", round(r_arr), round(r_rec), round(r_tar), round(r_load),
+                     round(r_dict), f"{r_load / r_dict:.2f}", round(r_two), f"{r_load / r_arr:.3f}"])
+    print(format_table(rows, ["shards", "images", "bytes/img", "array img/s", "samples img/s",
+                              "tar dicts img/s", "loader 1 proc img/s", "dict path 1 proc img/s",
+                              "loader / dict path", "loader 2 workers img/s", "loader / array"]))
     return 0
 
 
@@ -156,7 +156,8 @@ def dict_path_batches(blobs, batch: int, buffer: int, seed: int = 0):
         chunk.append(sample)
         if len(chunk) == batch:
             images, labels = zip(*(decode(s) for s in chunk))
-            yield {"image": torch.from_numpy(np.stack(images)), "label": torch.tensor(labels, dtype=torch.int64),
+            yield {"image": torch.from_numpy(np.stack(images)),
+                   "label": torch.tensor(labels, dtype=torch.int64),
                    "key": [s[0] for s in chunk]}
             chunk = []
 

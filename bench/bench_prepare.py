@@ -45,7 +45,8 @@ MODES = {
 }
 
 
-def prepare(archive: Path, out: Path, key: Path, scheme: str, block: int, encoding: str, mode: list[str]) -> dict:
+def prepare(archive: Path, out: Path, key: Path, scheme: str, block: int, encoding: str,
+            mode: list[str]) -> dict:
     argv = [sys.executable, "-m", "pipelines.prepare", "--source", str(archive), "--scheme", scheme, "--keys",
             str(key), "--out", str(out), "--quiet", "--shard-size", "5000", *mode]
     if scheme != "plain":
@@ -107,7 +108,8 @@ def main() -> None:
     ap.add_argument("--datasets", default="cifar10,imagenette")
     ap.add_argument("--quick", action="store_true", help="skip multi_processing x1 and the lossless baseline")
     ap.add_argument("--json", help="also write the results here")
-    ap.add_argument("--encodings-only", action="store_true", help="only compare member encodings (5,000 CIFAR)")
+    ap.add_argument("--encodings-only", action="store_true",
+                    help="only compare member encodings (5,000 CIFAR)")
     args = ap.parse_args()
     if args.encodings_only:
         members = read_members(str(Path(args.shared) / DATASETS["cifar10"][0]), 5000)
@@ -137,8 +139,8 @@ def main() -> None:
                 for mode, flags in MODES.items():
                     if args.quick and mode == "multi_processing x1":
                         continue
-                    r = prepare(archive, tmp / f"p-{name}-{enc}-{len(results)}", tmp / "bench.key", "etc", block,
-                                enc, flags)
+                    r = prepare(archive, tmp / f"p-{name}-{enc}-{len(results)}", tmp / "bench.key", "etc",
+                                block, enc, flags)
                     results.append({"dataset": name, "what": f"prepare EtC {enc}, {mode}", **r})
                     print(name, enc, mode, f"{r['n'] / r['wall']:,.0f} images/s", os.getloadavg(), flush=True)
             r = prepare(archive, tmp / f"p-{name}-plain", tmp / "bench.key", "plain", block, "jpeg", [])
@@ -148,7 +150,8 @@ def main() -> None:
         rows.append([r["dataset"], r["what"], r["n"], round(r["wall"], 2), round(r["n"] / r["wall"]),
                      round(r["disk"] / r["n"]) if r.get("disk") else "",
                      round(r["payload"] / r["n"]) if r.get("payload") else ""])
-    print(format_table(rows, ["dataset", "run", "images", "wall s", "images/s", "disk B/sample", "payload B/sample"]))
+    print(format_table(rows, ["dataset", "run", "images", "wall s", "images/s", "disk B/sample",
+                              "payload B/sample"]))
     print()
 
     def rate(ds, what):
@@ -160,7 +163,8 @@ def main() -> None:
         for enc in ("jpeg", "png"):
             one = rate(ds, f"prepare EtC {enc}, 1 core (in-process)")
             loop = rate(ds, f"plain loop + ShardWriter, EtC {enc}")
-            ratio_rows.append([ds, enc, round(one / loop, 2), round(rate(ds, f"floor: decode+encode ({enc})") / loop, 2),
+            floor_rate = rate(ds, f"floor: decode+encode ({enc})")
+            ratio_rows.append([ds, enc, round(one / loop, 2), round(floor_rate / loop, 2),
                                round(rate(ds, f"prepare EtC {enc}, multi_processing x2") /
                                      rate(ds, f"prepare EtC {enc}, multi_processing x1"), 2),
                                round(rate(ds, f"prepare EtC {enc}, multi_processing x2") / one, 2),
@@ -172,8 +176,8 @@ def main() -> None:
     for ds in args.datasets.split(","):
         for what in ("prepare plain jpeg, 1 core (in-process)", "prepare EtC jpeg, 1 core (in-process)"):
             r = next(r for r in results if r["dataset"] == ds and r["what"] == what)
-            sizes.append([ds, what.split(",")[0].replace("prepare ", ""), r["n"], round(r["payload"] / 1e6, 1),
-                          round(r["disk"] / 1e6, 1)])
+            sizes.append([ds, what.split(",")[0].replace("prepare ", ""), r["n"],
+                          round(r["payload"] / 1e6, 1), round(r["disk"] / 1e6, 1)])
     print()
     print(format_table(sizes, ["dataset", "output (q85)", "images", "JPEG payload MB", "shards on disk MB"]))
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -68,19 +68,22 @@ def build_dataset(arrays: dict, scheme_name: str, params: dict, out: Path, key) 
         with get_context("fork").Pool(min(16, os.cpu_count() or 1)) as pool:
             entries += pool.map(_write_shard, range(SHARDS_PER_SPLIT))
         counts[split] = len(images)
-        rows += [{"key": k, "shard": shard_path(split, "owner", int(a)), "label": int(l), "owner": "owner",
-                  "split": split} for k, a, l in zip(_STATE["keys"], _STATE["assign"], _STATE["labels"])]
+        rows += [{"key": k, "shard": shard_path(split, "owner", int(a)), "label": int(label),
+                  "owner": "owner", "split": split}
+                 for k, a, label in zip(_STATE["keys"], _STATE["assign"], _STATE["labels"])]
     h, w = next(iter(arrays.values()))[0].shape[1:3]
     m = Manifest(name=f"cifar10-{scheme_name}", scheme=scheme.info.name, scheme_params=dict(scheme.params),
                  owners=[OwnerEntry("owner", key.key_id, counts)], class_names=list(names),
                  image_shape=[int(h), int(w), 3], encoding="png", shards=entries,
-                 scheme_info=scheme.info.as_dict(h, w), source={"format": "imagefolder-tar", "by": "bench/gpu_cifar.py"})
+                 scheme_info=scheme.info.as_dict(h, w),
+                 source={"format": "imagefolder-tar", "by": "bench/gpu_cifar.py"})
     m.save(out, index=rows)
     return time.perf_counter() - t0
 
 
 def throughput(manifest: Path, batch: int = 512, fp32: bool = False) -> dict:
-    """ConvMixer-256/8 p1 k9 step time per variant (precision, layout, depthwise) and loader time per batch."""
+    """ConvMixer-256/8 p1 k9 step time per variant (precision, layout, depthwise) and loader time per
+    batch."""
     import torch
 
     from lcrypt.format import Manifest
@@ -119,7 +122,8 @@ def throughput(manifest: Path, batch: int = 512, fp32: bool = False) -> dict:
         return start.elapsed_time(end) / n
 
     def step_ms(amp: bool, channels_last: bool, depthwise: str = "direct", n=20) -> float:
-        model = create_model("convmixer", 10, 32, width=256, depth=8, patch=1, kernel=9, depthwise=depthwise).to(dev)
+        model = create_model("convmixer", 10, 32, width=256, depth=8, patch=1, kernel=9,
+                             depthwise=depthwise).to(dev)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -152,8 +156,10 @@ def throughput(manifest: Path, batch: int = 512, fp32: bool = False) -> dict:
     torch.backends.cudnn.allow_tf32 = True
     lm = loader_ms()
     variants, failed = {}, {}
-    for amp in (True, False) if fp32 else (True,):  # fp32 never won (docs/benchmarks.md): opt-in, saves device time
-        for cl, depthwise in ((True, "direct"), (False, "direct"), (False, "fft"), (True, "triton"), (False, "triton")):
+    # fp32 never won (docs/benchmarks.md): opt-in, saves device time
+    for amp in (True, False) if fp32 else (True,):
+        for cl, depthwise in ((True, "direct"), (False, "direct"), (False, "fft"), (True, "triton"),
+                              (False, "triton")):
             name = f"{'bf16' if amp else 'fp32'}-{'channels_last' if cl else 'contiguous'}-{depthwise}"
             try:
                 variants[name] = step_ms(amp, cl, depthwise)
@@ -184,13 +190,17 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="/tmp/lc")
     p.add_argument("--out", default=os.environ.get("OUT", "runs/gpu"))
     p.add_argument("--runs", default="plain:convmixer")
-    p.add_argument("--budget-s", type=float, default=180, help="training seconds per run (epochs chosen to fit)")
-    p.add_argument("--img-per-s", type=str, default="", help="model=img/s throughput to plan epochs, e.g. convmixer=15000")
+    p.add_argument("--budget-s", type=float, default=180,
+                   help="training seconds per run (epochs chosen to fit)")
+    p.add_argument("--img-per-s", type=str, default="",
+                   help="model=img/s throughput to plan epochs, e.g. convmixer=15000")
     p.add_argument("--throughput", action="store_true")
-    p.add_argument("--fp32-variants", action="store_true", help="--throughput also times float32 (TF32) steps")
+    p.add_argument("--fp32-variants", action="store_true",
+                   help="--throughput also times float32 (TF32) steps")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--train-flags", default="", help="extra training.train flags when not measuring")
-    p.add_argument("--limit", type=int, help="first N images per split, in archive (class) order: a local smoke "
+    p.add_argument("--limit", type=int,
+                   help="first N images per split, in archive (class) order: a local smoke "
                    "test of the plumbing only, its accuracy means nothing")
     args = p.parse_args(argv)
     from lcrypt import Key
@@ -200,8 +210,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     arrays = {s: load_arrays(args.source, s, limit=args.limit) for s in ("train", "test")}
-    print(f"decoded {sum(len(a[0]) for a in arrays.values())} source images in {time.perf_counter() - t0:.1f} s",
-          flush=True)
+    n_source = sum(len(a[0]) for a in arrays.values())
+    print(f"decoded {n_source} source images in {time.perf_counter() - t0:.1f} s", flush=True)
     key = Key.generate("owner")
     runs = [r.split(":") for r in args.runs.split(",") if r]
     params = {"etc": {"block_size": 16}, "le": {"block_size": 4}}
@@ -231,8 +241,8 @@ def main(argv=None) -> int:
         epochs = max(1, int(args.budget_s * rate / 50000))
         name = f"{scheme}-{model}-{adapt}"
         cmd = [sys.executable, "-m", "training.train", "--data", str(work / scheme / "manifest.json"),
-               "--out", str(work / "runs" / name), "--gpu-resident", "--epochs", str(epochs), "--adapt", adapt,
-               "--quiet", *RECIPES[model], *(["--compile"] if args.compile else []), *extra]
+               "--out", str(work / "runs" / name), "--gpu-resident", "--epochs", str(epochs),
+               "--adapt", adapt, "--quiet", *RECIPES[model], *(["--compile"] if args.compile else []), *extra]
         t1 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t1
@@ -251,7 +261,8 @@ def main(argv=None) -> int:
         print(results[-1], flush=True)
     from lcrypt.table import format_table
 
-    print(format_table(results, ["scheme", "model", "adapt", "epochs", "top-1 %", "train img/s", "launch wall s"]))
+    print(format_table(results, ["scheme", "model", "adapt", "epochs", "top-1 %", "train img/s",
+                                 "launch wall s"]))
     return 0
 
 

@@ -1,6 +1,7 @@
-"""Where a `prepare` run's wall time goes: start-up, EncryptChunks, the GroupByKey hand-over, WriteShards, Finalize.
+"""Where a `prepare` run's wall time goes: start-up, EncryptChunks, the GroupByKey hand-over, WriteShards,
+Finalize.
 
-    .venv/bin/python bench/prepare_phases.py --key K.key          # CIFAR-10 from ../shared, 2 runs per mode
+    .venv/bin/python bench/prepare_phases.py --key K.key  # CIFAR-10 from ../shared, 2 runs per mode
 
 Each run is a fresh process (so Beam's imports count, as they do for a user) that wraps two DoFns'
 ``process`` to log the time of their first and last call, then runs ``pipelines.prepare`` in that
@@ -70,15 +71,17 @@ def main(argv=None) -> int:
     for mode, extra in MODES.items():
         for r in range(args.runs):
             with tempfile.TemporaryDirectory() as tmp:
-                run_argv = ["--source", args.source, "--scheme", "etc", "--param", "block_size=8", "--jpeg-quality",
-                            "85", "--keys", args.key, "--out", f"{tmp}/out", "--quiet", "--shard-size", "5000", *extra]
+                run_argv = ["--source", args.source, "--scheme", "etc", "--param", "block_size=8",
+                            "--jpeg-quality", "85", "--keys", args.key, "--out", f"{tmp}/out", "--quiet",
+                            "--shard-size", "5000", *extra]
                 t = time.time()
-                proc = subprocess.run([sys.executable, __file__, "--key", args.key, "--one", json.dumps(run_argv)],
-                                      capture_output=True, text=True, cwd=ROOT)
+                cmd = [sys.executable, __file__, "--key", args.key, "--one", json.dumps(run_argv)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                 if proc.returncode:
                     print(proc.stderr[-3000:], file=sys.stderr)
                     return proc.returncode
-                ph = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("PHASES "))[7:])
+                report = next(line for line in proc.stdout.splitlines() if line.startswith("PHASES "))
+                ph = json.loads(report[7:])
                 total = time.time() - t
                 enc, wr = (ph[s] for s in STEPS)
                 rows.append([mode, r + 1, f"{enc[0]:.2f}", f"{enc[1] - enc[0]:.2f}", f"{wr[0] - enc[1]:.2f}",

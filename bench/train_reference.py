@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     xtr, ytr, _ = read_split(args.data, "train")
     xte, yte, _ = read_split(args.data, "test")
-    x_train, y_train, x_test, y_test = as_float(xtr), torch.from_numpy(ytr), as_float(xte), torch.from_numpy(yte)
+    x_train, y_train = as_float(xtr), torch.from_numpy(ytr)
+    x_test, y_test = as_float(xte), torch.from_numpy(yte)
     cl = torch.channels_last
     model = create_model("convmixer", 10, 32, width=64, depth=4, patch=2, kernel=3).to(memory_format=cl)
     groups = [{"params": [q for q in model.parameters() if q.ndim > 1], "weight_decay": 0.05},
@@ -79,8 +80,9 @@ def main(argv=None) -> int:
             sched.step()
         model.eval()
         with torch.no_grad():
-            correct = sum((model(x_test[i:i + 500].contiguous(memory_format=cl)).argmax(1) == y_test[i:i + 500])
-                          .sum().item() for i in range(0, len(x_test), 500))
+            correct = sum((model(x_test[i:i + 500].contiguous(memory_format=cl)).argmax(1)
+                           == y_test[i:i + 500]).sum().item()
+                          for i in range(0, len(x_test), 500))
         rows.append([epoch + 1, f"{100 * correct / len(x_test):.2f}", round(time.perf_counter() - t0)])
     print(format_table(rows, ["epoch", "test top-1 %", "s"]))
     return 0

@@ -29,8 +29,8 @@ from lcrypt.keys import Key, KeyFileError
 from lcrypt.preview import center_crop_square, preview_grid, save_png
 from lcrypt.schemes import get_scheme, list_schemes
 from lcrypt.format import check_owner
-from lcrypt.imagefiles import (MARK_KEYWORD, convert_file, decode_file, describe_mark, encryption_mark, list_files,
-                               more, plan_outputs, refuse_marks)
+from lcrypt.imagefiles import (MARK_KEYWORD, convert_file, decode_file, describe_mark, encryption_mark,
+                               list_files, more, plan_outputs, refuse_marks)
 from lcrypt.table import format_table
 
 EXIT_SKIPPED, EXIT_REFUSED, EXIT_BROKEN_PIPE = 1, 2, 141
@@ -186,7 +186,8 @@ def _add_convert(sub: argparse._SubParsersAction, name: str, func, help_text: st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lcrypt", description="Learnable image encryption for private training data.")
+    parser = argparse.ArgumentParser(prog="lcrypt",
+                                     description="Learnable image encryption for private training data.")
     parser.add_argument("--version", action="version", version=f"lcrypt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

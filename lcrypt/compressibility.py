@@ -44,8 +44,9 @@ def file_sizes(images: np.ndarray, qualities: Iterable[int] = (85, 80), png_ever
     ~100× slower than simplejpeg); the report states when it sampled.
     """
     out = {"raw": float(images.size)}
+    starts = range(0, len(images), batch)
     for q in qualities:
-        out[f"jpeg_q{q}"] = float(sum(jpeg_bytes(images[i:i + batch], q) for i in range(0, len(images), batch)))
+        out[f"jpeg_q{q}"] = float(sum(jpeg_bytes(images[i:i + batch], q) for i in starts))
     sample = images[::png_every]
     out["png"] = float(png_bytes(sample)) * len(images) / max(len(sample), 1)
     return out

@@ -55,7 +55,8 @@ def to_rgb(images: np.ndarray) -> np.ndarray:
         return images
     if c in (2, 4):
         if not np.all(images[..., -1] == 255):
-            raise ImageRejected("transparent", "image has transparent pixels (alpha < 255): lcrypt refuses to "
+            raise ImageRejected("transparent",
+                                "image has transparent pixels (alpha < 255): lcrypt refuses to "
                                 "guess a background; flatten it onto a background of your choice first")
         images = images[..., :-1]
         c -= 1
@@ -101,8 +102,10 @@ def _fit(image: np.ndarray, size: tuple[int, int] | None, expect: tuple[int, int
     if size is not None:
         return np.ascontiguousarray(resize_cover(image, size))
     if expect is not None and image.shape[:2] != tuple(expect):
-        raise ImageRejected("wrong_size", f"image is {image.shape[0]}x{image.shape[1]} (HxW), the dataset is "
-                            f"{expect[0]}x{expect[1]}; pass --size to resize and crop every image to one size")
+        raise ImageRejected("wrong_size",
+                            f"image is {image.shape[0]}x{image.shape[1]} (HxW), the dataset is "
+                            f"{expect[0]}x{expect[1]}; "
+                            "pass --size to resize and crop every image to one size")
     return image
 
 
@@ -155,15 +158,18 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None, expect: tuple
         if arr is not None:
             return _fit(arr, size, expect)
     try:
-        with warnings.catch_warnings():  # the size check below states the bomb rule; Pillow's warning is noise
+        # The size check below states the bomb rule; Pillow's warning is noise.
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
         with im:
             if im.width * im.height > max_pixels:
-                raise ImageRejected("decompression_bomb", f"image claims {im.width}x{im.height} pixels, over the "
+                raise ImageRejected("decompression_bomb",
+                                    f"image claims {im.width}x{im.height} pixels, over the "
                                     f"limit of {max_pixels:,}; refused before decoding")
             if getattr(im, "n_frames", 1) > 1:
-                raise ImageRejected("multi_frame", f"{im.format} with {im.n_frames} frames; extract the frame "
+                raise ImageRejected("multi_frame",
+                                    f"{im.format} with {im.n_frames} frames; extract the frame "
                                     "you want first")
             im.load()
             im = ImageOps.exif_transpose(im)

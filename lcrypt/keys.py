@@ -114,7 +114,8 @@ class Key:
         try:
             secret = base64.b64decode(body["secret"], validate=True)
         except (binascii.Error, ValueError):
-            raise KeyFileError(f"key file {path}: the secret is not valid base64 (truncated or corrupt?)") from None
+            raise KeyFileError(f"key file {path}: the secret is not valid base64 "
+                               "(truncated or corrupt?)") from None
         if len(secret) != SECRET_BYTES:
             raise KeyFileError(f"key file {path}: the secret has the wrong length (truncated or corrupt?)")
         key = cls(secret, body["owner"], body.get("created"))

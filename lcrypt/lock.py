@@ -67,8 +67,8 @@ class FileLock:
 
     def write_holder(self, **extra: str) -> bytes:
         """Write this process's pid, host and start time (and ``extra``) into the file; returns the bytes."""
-        body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                           "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra},
+        started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started, **extra},
                           sort_keys=True).encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, body, 0)

@@ -22,9 +22,9 @@ import posixpath
 import sys
 from collections import defaultdict
 from lcrypt.format import (ERRORS_NAME, FRAGMENTS_NAME, IMAGE_EXT, INDEX_COLUMNS, INDEX_NAME, LOCK_NAME,
-                           MANIFEST_NAME, TIMM_INFO_NAME, Manifest, ManifestError, ShardFormatError, count_problem,
-                           decode_label, decode_member, group_members, make_sample, parse_shard_path, read_index,
-                           shard_members)
+                           MANIFEST_NAME, TIMM_INFO_NAME, Manifest, ManifestError, ShardFormatError,
+                           count_problem, decode_label, decode_member, group_members, make_sample,
+                           parse_shard_path, read_index, shard_members)
 from lcrypt.storage import Storage, join, storage_for
 
 SCRATCH = (FRAGMENTS_NAME,)  # prepare's scratch folders, removed at its end
@@ -65,8 +65,8 @@ def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str
         data = store.read_bytes(path)
         totals["bytes"] += len(data)
         if len(data) != entry.bytes:
-            problems.append(f"{entry.path}: {len(data)} bytes on disk, the manifest says {entry.bytes} (truncated "
-                            "or replaced)")
+            problems.append(f"{entry.path}: {len(data)} bytes on disk, the manifest says {entry.bytes} "
+                            "(truncated or replaced)")
         digest = hashlib.sha256(data).hexdigest()
         if digest != entry.sha256:
             problems.append(f"{entry.path}: sha256 {digest[:16]}… differs from the manifest's "
@@ -113,9 +113,10 @@ def verify(directory: str | os.PathLike, decode: bool = False) -> tuple[list[str
         if index and idx_keys != sorted(keys):
             missing = sorted(set(idx_keys) - set(keys))
             extra = sorted(set(keys) - set(idx_keys))
-            problems.append(f"{entry.path}: sample keys differ from index.parquet ({len(missing)} indexed but absent"
-                            f"{': ' + ', '.join(missing[:3]) if missing else ''}; {len(extra)} present but not indexed"
-                            f"{': ' + ', '.join(extra[:3]) if extra else ''})")
+            absent = ": " + ", ".join(missing[:3]) if missing else ""
+            unindexed = ": " + ", ".join(extra[:3]) if extra else ""
+            problems.append(f"{entry.path}: sample keys differ from index.parquet ({len(missing)} indexed "
+                            f"but absent{absent}; {len(extra)} present but not indexed{unindexed})")
     problems += _stray_files(store.list_files(directory), listed, set(m.splits))
     problems += _check_errors_file(directory, m, store)
     for o in m.owners:

@@ -31,7 +31,8 @@ class PrepareConfig:
     image_shape: list[int]
     max_reject_rate: float
     source_info: dict[str, Any]
-    class_names: list[str] | None = None  # declared by the source; None: gathered from the records' class names
+    # declared by the source; None: gathered from the records' class names
+    class_names: list[str] | None = None
     progress_dir: str | None = None
     chunk: int = 256
     read_parts: int = 1

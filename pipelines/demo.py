@@ -80,7 +80,8 @@ def random_crops(photo: np.ndarray, n: int, size: int, rng: np.random.Generator)
     for i in range(n):
         side = int(rng.integers(min(h, w) // 4, min(h, w) // 2))
         y, x = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
-        out[i] = np.asarray(Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.BICUBIC))
+        crop = photo[y:y + side, x:x + side]
+        out[i] = np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
     return out
 
 
@@ -173,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     preview = save_png(grid, out / "preview.png")
 
     errors = (dataset / "errors.jsonl").read_text().splitlines()
+    owner_summary = ", ".join(f"{o.name} ({sum(o.counts.values())} images, key {o.key_id})" for o in m.owners)
     rows = [["source images (+ broken files)", f"{len(truth)} (+2)"],
-            ["owners", ", ".join(f"{o.name} ({sum(o.counts.values())} images, key {o.key_id})" for o in m.owners)],
+            ["owners", owner_summary],
             ["shards", f"{len(m.shards)} in {', '.join(m.splits)} ({totals['bytes']:,} bytes)"],
             ["rejected (errors.jsonl)", "; ".join(json.loads(e)["reason"] for e in errors) or "none"],
             ["verify", "OK" if not problems else f"{len(problems)} problem(s)"],
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             ["wall time", f"{time.perf_counter() - t0:.1f} s"]]
     print()
     print(format_table(rows, ["demo", "result"]))
-    print(f"\nnext: train on it without the keys, e.g. timm's train.py --dataset wds/lcrypt-demo --data-dir {dataset}")
+    print("\nnext: train on it without the keys, e.g. timm's train.py --dataset wds/lcrypt-demo "
+          f"--data-dir {dataset}")
     return 0 if not problems and exact == total == len(truth) else 1
 
 

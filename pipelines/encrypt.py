@@ -65,7 +65,8 @@ class EncryptChunkFn(beam.DoFn):
         self.salts = {name: sample_key_salt(k) for name, k in c.keys.items()}
         self.single_owner = next(iter(c.keys)) if not c.owner_globs else None
         self.done = {"read": 0, "written": 0, "rejected": 0}
-        self.progress_path = (os.path.join(c.progress_dir, f"{uuid.uuid4().hex}.json") if c.progress_dir else None)
+        self.progress_path = (os.path.join(c.progress_dir, f"{uuid.uuid4().hex}.json")
+                              if c.progress_dir else None)
         self.last_report = 0.0
         self.pool = None
 
@@ -95,8 +96,8 @@ class EncryptChunkFn(beam.DoFn):
                 r = chunk[0]
                 split, owner = self._split_owner(r)
                 kind = type(exc).__name__
-                reason = ("decoder_crashed: the process decoding this record died" if kind == "BrokenProcessPool"
-                          else f"failed: {kind}")
+                reason = ("decoder_crashed: the process decoding this record died"
+                          if kind == "BrokenProcessPool" else f"failed: {kind}")
                 return [], [{"source": r.source_id, "split": split, "owner": owner, "reason": reason,
                              "detail": str(exc)[:500]}], {(split, owner): 1}
         groups, rejected, read = [], [], defaultdict(int)

@@ -21,22 +21,27 @@ class PrepareError(ValueError):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", required=True, help="dataset: a folder, .tar/.tar.gz, cifar-10-python.tar.gz, "
-                   ".parquet or WebDataset shards; prefix KIND: (imagefolder, tar, cifar, parquet, wds) to force")
+    p.add_argument("--source", required=True,
+                   help="dataset: a folder, .tar/.tar.gz, cifar-10-python.tar.gz, .parquet or WebDataset "
+                   "shards; prefix KIND: (imagefolder, tar, cifar, parquet, wds) to force")
     p.add_argument("--scheme", required=True, help="encryption scheme (see `lcrypt schemes`)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="scheme parameter, repeatable")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="scheme parameter, repeatable")
     p.add_argument("--keys", required=True, help="one owner's key file, or an owners JSON file "
                    '{"owner": {"key": "owner.key", "match": ["train/cat/*", ...]}, ...}')
     p.add_argument("--owner-overlap", choices=("error", "first"), default="error",
-                   help="a record matched by several owners' patterns: reject it naming the owners (error, the "
-                   "default), or give it to the owner listed first in the owners file (first)")
+                   help="a record matched by several owners' patterns: reject it naming the owners "
+                   "(error, the default), or give it to the owner listed first in the owners file (first)")
     p.add_argument("--out", required=True, help="output dataset folder (local or gs://...)")
     p.add_argument("--name", help="dataset name recorded in the manifest (default: the output folder's name)")
-    p.add_argument("--jpeg-quality", type=int, help="store JPEG at this quality (JPEG-compatible schemes only)")
+    p.add_argument("--jpeg-quality", type=int,
+                   help="store JPEG at this quality (JPEG-compatible schemes only)")
     p.add_argument("--jpeg-subsampling", default="444", choices=("444", "422", "420"),
-                   help="JPEG chroma subsampling (default 444); the scheme's block size must align with its MCU")
+                   help="JPEG chroma subsampling (default 444); "
+                   "the scheme's block size must align with its MCU")
     p.add_argument("--encoding", choices=("png", "npy"), default="png",
-                   help="lossless image encoding when no --jpeg-quality (default png: smaller, and timm reads it)")
+                   help="lossless image encoding when no --jpeg-quality "
+                   "(default png: smaller, and timm reads it)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="samples per shard, about")
     p.add_argument("--max-shard-mb", type=float, default=128,
                    help="split further so no shard exceeds about this many MiB (default 128)")
@@ -51,13 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-reject-rate", type=float, default=0.01,
                    help="fail when more than this fraction of records is rejected (default 0.01)")
     p.add_argument("--isolate-decoders", action=argparse.BooleanOptionalAction, default=True,
-                   help="decode in a forked subprocess, so an image that crashes a decoder is rejected instead "
-                   "of killing the job (default on; --no-isolate-decoders saves the process hop)")
-    p.add_argument("--chunk", type=int, default=256, help="records per batch (BatchElements) encrypted in one call "
-                   "(default 256)")
+                   help="decode in a forked subprocess, so an image that crashes a decoder is rejected "
+                   "instead of killing the job (default on; --no-isolate-decoders saves the process hop)")
+    p.add_argument("--chunk", type=int, default=256,
+                   help="records per batch (BatchElements) encrypted in one call (default 256)")
     p.add_argument("--read-parts", type=int, help="read a single archive as this many parallel parts "
                    "(default: --direct_num_workers, or 1; on Dataflow about the number of worker cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace a dataset an earlier prepare wrote in --out "
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset an earlier prepare wrote in --out "
                    "(deletes only its files; refuses when --out holds anything else)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -114,6 +120,7 @@ def check_beam_args(beam_args: Sequence[str], own: argparse.ArgumentParser) -> N
     flag = bad.split("=", 1)[0]
     known = [s for s in [*own._option_string_actions, *beam._option_string_actions] if s.startswith("--")]
     close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else "; see `lcrypt prepare --help` (other flags go to Beam)"
+    hint = (f"; did you mean {close[0]}?" if close
+            else "; see `lcrypt prepare --help` (other flags go to Beam)")
     what = "unknown flag" if bad.startswith("-") else "unexpected argument"
     raise PrepareError(f"{what} {bad!r}: neither a prepare flag nor a Beam pipeline option{hint}")

@@ -10,8 +10,8 @@ Unknown flags are Beam PipelineOptions (``--runner``, ``--direct_num_workers``,
 Python direct runner's engine (the FnApiRunner) chosen explicitly: since Beam 2.68 ``DirectRunner``
 first tries the Prism binary, a download that fails offline.
 
-The chain: ReadRecords (raw records, batched by BatchElements) -> EncryptChunk (decode by lcrypt.images' rules,
-encrypt per owner in one vectorised call, encode; rejects to errors.jsonl) -> count per (split, owner)
+The chain: ReadRecords (raw records, batched by BatchElements) -> EncryptChunk (decode by lcrypt.images'
+rules, encrypt per owner in one vectorised call, encode; rejects to errors.jsonl) -> count per (split, owner)
 -> AssignShards (salted key mod shard count) -> GroupByKey -> WriteShard (labels to indices, sorted,
 atomic) -> Finalize (errors.jsonl, reject-rate check, index.parquet, manifest.json, _info.json). Class
 names the source does not declare are gathered beside the encryption, never before it: waiting for
@@ -38,10 +38,12 @@ from pipelines.options import PrepareError, add_arguments, check_beam_args, chec
 
 def add_command(subparsers) -> None:
     """The `lcrypt prepare` plugin (declared in pyproject's lcrypt.commands entry points)."""
-    p = subparsers.add_parser("prepare", help="encrypt a raw image dataset into WebDataset shards (Apache Beam)",
+    p = subparsers.add_parser("prepare",
+                              help="encrypt a raw image dataset into WebDataset shards (Apache Beam)",
                               description=__doc__.split("\n\n")[0], allow_abbrev=False)
     add_arguments(p)
-    p.set_defaults(func=lambda args: run_args(args, list(getattr(args, "extra", []) or [])), accepts_extra=True)
+    p.set_defaults(func=lambda args: run_args(args, list(getattr(args, "extra", []) or [])),
+                   accepts_extra=True)
 
 
 # -- owners -------------------------------------------------------------------------------------------
@@ -51,7 +53,8 @@ def load_owners(spec: str) -> tuple[dict[str, Key], list[tuple[str, list[str]]],
     try:
         body = json.loads(path.read_text())
     except FileNotFoundError:
-        raise PrepareError(f"--keys {spec}: not found; create a key with `lcrypt keygen --owner NAME --out {spec}`")
+        raise PrepareError(f"--keys {spec}: not found; "
+                           f"create a key with `lcrypt keygen --owner NAME --out {spec}`")
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise PrepareError(f"--keys {spec}: neither a key file nor an owners JSON file")
     if isinstance(body, dict) and body.get("format", "").startswith("lcrypt-key"):
@@ -63,7 +66,8 @@ def load_owners(spec: str) -> tuple[dict[str, Key], list[tuple[str, list[str]]],
         column = body.get("column")
         body = body["owners"]
     if not isinstance(body, dict) or not body:
-        raise PrepareError(f"--keys {spec}: an owners file maps owner names to {{\"key\": ..., \"match\": [...]}}")
+        raise PrepareError(f"--keys {spec}: an owners file maps owner names "
+                           f"to {{\"key\": ..., \"match\": [...]}}")
     keys, globs = {}, []
     for name, entry in body.items():
         try:
@@ -71,7 +75,8 @@ def load_owners(spec: str) -> tuple[dict[str, Key], list[tuple[str, list[str]]],
         except ValueError as exc:
             raise PrepareError(f"--keys {spec}: {exc}") from None
         if not isinstance(entry, dict) or "key" not in entry or not entry.get("match"):
-            raise PrepareError(f"--keys {spec}: owner {name!r} needs \"key\" (a key file) and \"match\" (patterns)")
+            raise PrepareError(f"--keys {spec}: owner {name!r} needs \"key\" (a key file) "
+                               "and \"match\" (patterns)")
         match = entry["match"] if isinstance(entry["match"], list) else [entry["match"]]
         kpath = Path(entry["key"])
         keys[name] = Key.load(kpath if kpath.is_absolute() else path.parent / kpath, owner=name)
@@ -111,7 +116,8 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
     if class_names is not None:
         names = p | "DeclaredClasses" >> beam.Create([class_names])
     else:
-        # One combine (partial sets in the read stage, one merge): a Distinct + ToList chain cost two more stages.
+        # One combine (partial sets in the read stage, one merge): a Distinct + ToList chain cost two
+        # more stages.
         names = chunks | "AllClasses" >> beam.CombineGlobally(ClassNamesFn())
     # Per-record rejections, decoder isolation and per-record retries of a failed chunk happen inside
     # EncryptChunkFn; Beam's dead-letter output is the backstop for anything that still escapes a chunk.
@@ -131,7 +137,8 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
                | "AssignShards" >> beam.ParDo(AssignShardsFn(config.shard_size, config.max_shard_bytes),
                                               beam.pvalue.AsDict(totals))
                | "GroupShards" >> beam.GroupByKey()
-               | "WriteShards" >> beam.ParDo(WriteShardFn(config.out, config.encoding), beam.pvalue.AsSingleton(names)))
+               | "WriteShards" >> beam.ParDo(WriteShardFn(config.out, config.encoding),
+                                             beam.pvalue.AsSingleton(names)))
     _ = (p | "Once" >> beam.Create([None])
          | "Finalize" >> beam.ParDo(FinalizeFn(config, scheme_info), beam.pvalue.AsList(written),
                                     beam.pvalue.AsList(rejected), beam.pvalue.AsDict(read_counts),
@@ -196,9 +203,10 @@ def plan(args: argparse.Namespace):
     encoding = "jpeg" if args.jpeg_quality is not None else args.encoding
     if encoding == "jpeg" and args.jpeg_subsampling not in scheme.info.jpeg_subsamplings:
         ok = ", ".join(scheme.info.jpeg_subsamplings)
+        compatible = "compatible with: " + ok if ok else "it is not JPEG-compatible at all"
         raise PrepareError(
             f"scheme {scheme.info.name} {scheme.params} is not JPEG-compatible with chroma subsampling "
-            f"{args.jpeg_subsampling} ({'compatible with: ' + ok if ok else 'it is not JPEG-compatible at all'}); "
+            f"{args.jpeg_subsampling} ({compatible}); "
             "JPEG would destroy the ciphertext's structure. Drop --jpeg-quality for lossless PNG, or use "
             "--scheme etc with a block size that is a multiple of the JPEG MCU (8 for 444, 16 for 422/420)")
     try:
@@ -267,7 +275,7 @@ def known_failure(exc: BaseException) -> str | None:
             return text.split(" [while running")[0]
         tag = f"{cls.__name__}: "
         if tag in text:
-            line = next(l for l in text.splitlines() if tag in l)
+            line = next(ln for ln in text.splitlines() if tag in ln)
             return line.split(tag, 1)[1].split(" [while running")[0]
     return None
 
@@ -310,10 +318,12 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     watcher = None
     if is_local_runner(options):  # workers on this machine drop their counters in a local folder
         config.progress_dir = progress.folder()
-        watcher = threading.Thread(target=progress.watch, args=(config.progress_dir, stop, args.quiet), daemon=True)
+        watcher = threading.Thread(target=progress.watch, args=(config.progress_dir, stop, args.quiet),
+                                   daemon=True)
         watcher.start()
     in_main = threading.current_thread() is threading.main_thread()
-    handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    signals = (signal.SIGINT, signal.SIGTERM)
+    handlers = {sig: signal.signal(sig, _on_signal) for sig in signals} if in_main else {}
     _SIGNALLED.clear()
     finished = False
     try:

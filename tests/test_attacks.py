@@ -62,7 +62,8 @@ def test_fr_greedy_beats_the_fold_on_colour_shuffled_pe(cifar, fixed_key):
 
 def test_one_known_pair_recovers_pe_exactly(rng, fixed_key):
     scheme = get_scheme("pe")
-    pair, unseen = rng.integers(0, 256, (1, 32, 32, 3), np.uint8), rng.integers(0, 256, (5, 32, 32, 3), np.uint8)
+    pair = rng.integers(0, 256, (1, 32, 32, 3), np.uint8)
+    unseen = rng.integers(0, 256, (5, 32, 32, 3), np.uint8)
     est = known_plaintext_attack(scheme, pair, scheme.encrypt(pair, fixed_key))
     true = scheme._transform(fixed_key, pair.shape[1:])
     assert est.fraction_correct(true.src, true.mask) == 1.0
@@ -71,7 +72,8 @@ def test_one_known_pair_recovers_pe_exactly(rng, fixed_key):
 
 def test_one_known_pair_recovers_etc_and_a_blank_image_recovers_cpbe(rng, fixed_key):
     etc = get_scheme("etc", block_size=8)
-    pair, unseen = rng.integers(0, 256, (1, 32, 32, 3), np.uint8), rng.integers(0, 256, (3, 32, 32, 3), np.uint8)
+    pair = rng.integers(0, 256, (1, 32, 32, 3), np.uint8)
+    unseen = rng.integers(0, 256, (3, 32, 32, 3), np.uint8)
     est = known_plaintext_attack(etc, pair, etc.encrypt(pair, fixed_key))
     np.testing.assert_array_equal(est.decrypt(etc.encrypt(unseen, fixed_key)), unseen)
     cpbe = get_scheme("cpbe")
@@ -81,7 +83,7 @@ def test_one_known_pair_recovers_etc_and_a_blank_image_recovers_cpbe(rng, fixed_
 
 def test_known_pairs_recover_le_and_ahmad_diffusion(rng, fixed_key):
     pairs, unseen = smooth_images(8, 32, rng), smooth_images(3, 32, rng)
-    pairs = np.clip(pairs + rng.integers(0, 40, pairs.shape), 0, 255).astype(np.uint8)   # texture, like photos
+    pairs = np.clip(pairs + rng.integers(0, 40, pairs.shape), 0, 255).astype(np.uint8)  # texture, like photos
     for name in ("le", "ahmad-diffusion"):
         s = get_scheme(name)
         est = known_plaintext_attack(s, pairs, s.encrypt(pairs, fixed_key))
@@ -138,7 +140,8 @@ def _oracle_etc_scores(recon, grids, plain, origin):
 
     out = []
     for r, g, p in zip(recon, grids, plain):
-        cands = [(v[0], gg) for im, gg in global_dihedral(r, g) for v in global_variants(np.ascontiguousarray(im)[None])]
+        cands = [(v[0], gg) for im, gg in global_dihedral(r, g)
+                 for v in global_variants(np.ascontiguousarray(im)[None])]
         scores = [float(ssim(v, p)[0]) for v, _ in cands]
         k = int(np.argmax(scores))
         out.append((scores[k], neighbour_accuracy(cands[k][1], origin, p.shape[1] // 16)))
@@ -150,7 +153,8 @@ def test_jigsaw_restores_full_etc_imagenette(shared_datasets, fixed_key):
     segment refinement restores real photographs (up to the oracle's one global symmetry)."""
     from lcrypt.sources import load_arrays
 
-    plain = load_arrays(str(shared_datasets / "imagenette-224.tar.gz"), "val", limit=9)[0][[8]]       # one it solves
+    # one it solves
+    plain = load_arrays(str(shared_datasets / "imagenette-224.tar.gz"), "val", limit=9)[0][[8]]
     etc = get_scheme("etc")
     cipher = etc.encrypt(plain, fixed_key)
     recon, grids = jigsaw_attack(cipher, 16, rotations=True, negpos=True, colors=True, restarts=1)

@@ -37,8 +37,10 @@ def test_encrypt_then_decrypt_files_round_trips(tmp_path, images, capsys, scheme
     key = tmp_path / "o.key"
     assert main(["keygen", "--owner", "o", "--out", str(key)]) == 0
     extra = [a for p in params for a in ("--param", p)]
-    assert main(["encrypt", "--scheme", scheme, *extra, "--key", str(key), str(images), "--out", str(tmp_path / "enc")]) == 0
-    assert main(["decrypt", "--scheme", scheme, *extra, "--key", str(key), str(tmp_path / "enc"), "--out", str(tmp_path / "dec")]) == 0
+    assert main(["encrypt", "--scheme", scheme, *extra, "--key", str(key), str(images),
+                 "--out", str(tmp_path / "enc")]) == 0
+    assert main(["decrypt", "--scheme", scheme, *extra, "--key", str(key), str(tmp_path / "enc"),
+                 "--out", str(tmp_path / "dec")]) == 0
     for src in images.iterdir():
         plain = np.asarray(Image.open(src).convert("RGB"))
         enc = np.asarray(Image.open(tmp_path / "enc" / src.name))

@@ -136,7 +136,8 @@ def test_tar_gz_tree_streams_the_same_records(tmp_path):
         assert np.array_equal(decode_record(r), truth[r.source_id[5:]][0])
     # parts partition the records exactly
     parts = [list(src.read_unit(u)) for u in src.units(parts=3)]
-    assert len(parts) == 3 and sorted(r.source_id for p in parts for r in p) == sorted(r.source_id for r in recs)
+    assert len(parts) == 3
+    assert sorted(r.source_id for p in parts for r in p) == sorted(r.source_id for r in recs)
     for i, part in enumerate(parts):  # part i is every third record from the i-th, in archive order
         assert [(r.source_id, r.data) for r in part] == [(r.source_id, r.data) for r in recs[i::3]]
 
@@ -191,7 +192,8 @@ def test_parquet_null_label_is_a_label_rejection_not_a_class(tmp_path):
     pq.write_table(pa.table({"image": [png_bytes(im) for im in imgs], "label": [2, None, 0]}), path)
     recs = list(open_source(str(path)))
     assert [r.class_name for r in recs] == ["2", "", "0"]
-    assert not recs[0].layout_error and "is null" in recs[1].layout_error and recs[1].source_id == "plain.parquet#1"
+    assert not recs[0].layout_error
+    assert "is null" in recs[1].layout_error and recs[1].source_id == "plain.parquet#1"
     with pytest.raises(ImageRejected, match="^label: column 'label' is null") as exc:
         decode_record(recs[1])
     assert exc.value.reason == "label"

@@ -22,8 +22,8 @@ GOLDEN = Path(__file__).parent / "golden" / "prepare.json"
 RUNS = {
     "two-owners-png": ["--scheme", "etc", "--param", "block_size=8", "--shard-size", "5",
                        "--max-reject-rate", "0.2"],
-    "one-owner-jpeg": ["--scheme", "etc", "--param", "block_size=8", "--jpeg-quality", "85", "--shard-size", "7",
-                       "--max-reject-rate", "0.2"],
+    "one-owner-jpeg": ["--scheme", "etc", "--param", "block_size=8", "--jpeg-quality", "85",
+                       "--shard-size", "7", "--max-reject-rate", "0.2"],
     "npy-le": ["--scheme", "le", "--encoding", "npy", "--max-reject-rate", "0.2"],
 }
 
@@ -37,7 +37,8 @@ def fixed_tree(root: Path) -> None:
             for i in range(n):
                 path = root / split / cls / f"{cls}_{i:02d}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path, compress_level=1)
+                pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(path, compress_level=1)
     (root / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
 
 
@@ -65,8 +66,9 @@ def prepared(tmp_path_factory):
             "bob": Key(bytes(range(32, 64)), "bob", "2026-01-01T00:00:00+00:00")}
     for name, key in keys.items():
         key.save(root / f"{name}.key")
-    (root / "owners.json").write_text(json.dumps({"alice": {"key": "alice.key", "match": ["*/cat/*"]},
-                                                  "bob": {"key": "bob.key", "match": ["*/bird/*", "*/dog/*"]}}))
+    owners = {"alice": {"key": "alice.key", "match": ["*/cat/*"]},
+              "bob": {"key": "bob.key", "match": ["*/bird/*", "*/dog/*"]}}
+    (root / "owners.json").write_text(json.dumps(owners))
     got = {}
     for name, flags in RUNS.items():
         keyfile = root / ("owners.json" if name == "two-owners-png" else "alice.key")

@@ -1,4 +1,5 @@
-"""The inverse-network attack learns what a scheme leaks independently of the key, on windows of large images."""
+"""The inverse-network attack learns what a scheme leaks independently of the key, on windows of
+large images."""
 
 from __future__ import annotations
 

@@ -44,8 +44,9 @@ def make_dataset(root: Path, scheme: str = "pe", params: tuple[str, ...] = (), p
     write_color_tree(root / "src", per_class or {"train": 20, "test": 6})
     key = Key.generate(key_name)
     key.save(root / f"{key_name}.key")
-    argv = ["--source", str(root / "src"), "--scheme", scheme, *params, "--keys", str(root / f"{key_name}.key"),
-            "--out", str(root / "data"), "--shard-size", str(shard_size), "--quiet"]
+    argv = ["--source", str(root / "src"), "--scheme", scheme, *params,
+            "--keys", str(root / f"{key_name}.key"), "--out", str(root / "data"),
+            "--shard-size", str(shard_size), "--quiet"]
     assert run(argv) == 0
     return root / "data", key
 
@@ -66,7 +67,8 @@ def all_keys(m: Manifest, split: str, base: Path) -> list[str]:
                                                         ([4, 4, 4, 13], 4, 3, 2), ([2, 9, 6], 2, 4, 3)])
 def test_plan_gives_equal_batches_and_disjoint_ranges(counts, world, workers, batch):
     for epoch in range(3):
-        plans = [planning.plan_epoch(counts, batch, r, world, workers, seed=1, epoch=epoch) for r in range(world)]
+        plans = [planning.plan_epoch(counts, batch, r, world, workers, seed=1, epoch=epoch)
+                 for r in range(world)]
         assert len({p.num_batches for p in plans}) == 1  # the property that keeps DDP from hanging
         seen = []
         for p in plans:
@@ -77,7 +79,8 @@ def test_plan_gives_equal_batches_and_disjoint_ranges(counts, world, workers, ba
         assert len(seen) == len(set(seen))
         total = sum(counts)
         assert total - len(seen) < world * batch
-    cover = [planning.plan_epoch(counts, batch, r, world, workers, cover_all=True, drop_last=False, shuffle=False)
+    cover = [planning.plan_epoch(counts, batch, r, world, workers, cover_all=True, drop_last=False,
+                                 shuffle=False)
              for r in range(world)]
     assert sum(p.num_samples for p in cover) == sum(counts)
 
@@ -93,8 +96,8 @@ def test_plan_step_order_matches_consumed_batches():
 
 
 # -- streaming over real shards --------------------------------------------------------------------
-def epoch_keys(data: Path, rank: int, world: int, workers: int, epoch: int, batch: int = 4, start_step: int = 0,
-               **kw) -> list[list[str]]:
+def epoch_keys(data: Path, rank: int, world: int, workers: int, epoch: int, batch: int = 4,
+               start_step: int = 0, **kw) -> list[list[str]]:
     loader, ds = make_loader(data, "train", batch, rank=rank, world=world, num_workers=workers, seed=3, **kw)
     ds.set_epoch(epoch, start_step)
     out = []
@@ -194,7 +197,8 @@ def test_block_drawn_shuffle_is_the_one_by_one_shuffle():
     for size, total in [(5, 40), (7, 7), (10, 3), (3, 10_000), (4096, 9000), (1, 5)]:
         for announced in (total, None, total + 3):  # a wrong total only loses the speed-up, never the order
             want = list(shuffle_buffer(iter(range(total)), size, np.random.default_rng([size, total])))
-            got = list(shuffle_buffer(iter(range(total)), size, np.random.default_rng([size, total]), announced))
+            got = list(shuffle_buffer(iter(range(total)), size, np.random.default_rng([size, total]),
+                                      announced))
             if announced == total + 3:  # drew 3 more than needed: only the final permutation may differ
                 assert got[:max(0, total - size)] == want[:max(0, total - size)]
             else:
@@ -223,7 +227,8 @@ def _rewrite_largest_train_shard(dataset, tmp_path: Path, edit) -> tuple[Path, s
     (lambda ms: ms[:2] + [(ms[1][0].replace(".png", ".npy"), ms[1][1])] + ms[2:], "2 image members"),
     (lambda ms: [(n, b[:50] + bytes([b[50] ^ 0xFF]) + b[51:]) if n.endswith(".png") and i == 3 else (n, b)
                  for i, (n, b) in enumerate(ms)], "IDAT chunk has a bad CRC"),
-    (lambda ms: [(n, b"x") if i == 4 else (n, b) for i, (n, b) in enumerate(ms)], "not a decimal class index"),
+    (lambda ms: [(n, b"x") if i == 4 else (n, b) for i, (n, b) in enumerate(ms)],
+     "not a decimal class index"),
 ])
 def test_malformed_samples_are_refused_naming_shard_and_member(dataset, tmp_path, edit, match):
     data, shard = _rewrite_largest_train_shard(dataset, tmp_path, edit)

@@ -28,7 +28,8 @@ def test_ssim_matches_scikit_image(rng):
 def test_ssim_matches_on_random_small_batches(rng):
     a = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     b = np.clip(a + rng.integers(-60, 60, a.shape), 0, 255).astype(np.uint8)
-    theirs = [skimage_metrics.structural_similarity(x, y, channel_axis=-1, data_range=255) for x, y in zip(a, b)]
+    theirs = [skimage_metrics.structural_similarity(x, y, channel_axis=-1, data_range=255)
+              for x, y in zip(a, b)]
     np.testing.assert_allclose(ssim(a, b), theirs, atol=1e-3)
 
 

@@ -44,7 +44,8 @@ def test_convmixer_swaps_every_depthwise_layer_and_loads_direct_weights(impl):
     # a checkpoint records the choice (model_config), and predict rebuilds the same layers from it
     ckpt = {"model_config": {"name": "convmixer", "adapt": "none", "width": 16, "depth": 3, "patch": 1,
                              "kernel": 5, "depthwise": impl},
-            "class_names": [str(i) for i in range(10)], "image_shape": [16, 16, 3], "model": other.state_dict()}
+            "class_names": [str(i) for i in range(10)], "image_shape": [16, 16, 3],
+            "model": other.state_dict()}
     rebuilt = load_model(ckpt)
     assert sum(isinstance(m, layer) for m in rebuilt.modules()) == 3
     with torch.no_grad():
@@ -83,7 +84,8 @@ for b, c, h, w, k, layout, dtype in cases:
     assert y.dtype == dtype and y.is_contiguous(memory_format=fmt), (y.dtype, y.stride())
     (y.float() * g.float()).sum().backward()
     x64 = x.detach().double().requires_grad_(True)
-    w64, b64 = conv.weight.detach().double().requires_grad_(True), conv.bias.detach().double().requires_grad_(True)
+    w64 = conv.weight.detach().double().requires_grad_(True)
+    b64 = conv.bias.detach().double().requires_grad_(True)
     ref = F.conv2d(x64, w64, b64, padding=k // 2, groups=c)
     (ref * g.double()).sum().backward()
     tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.float16 else dict(rtol=1e-5, atol=1e-5)
@@ -115,11 +117,13 @@ def test_triton_depthwise_matches_conv2d_in_triton_interpreter():
 
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the interpreter test above runs everywhere)")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs CUDA (the interpreter test above runs everywhere)")
 def test_triton_depthwise_matches_conv2d_on_cuda_in_bf16():
     from training.depthwise import TritonDepthwiseConv2d
 

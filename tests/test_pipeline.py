@@ -83,7 +83,8 @@ def test_shards_decrypt_to_the_source_pixels_bit_for_bit(pooled):
 def test_per_owner_shards_manifest_index_and_verify_agree(pooled):
     out = pooled["out"]
     m = Manifest.load(out)
-    assert {(s.split, s.owner) for s in m.shards} == {(sp, o) for sp in ("train", "test") for o in ("alice", "bob")}
+    groups = {(sp, o) for sp in ("train", "test") for o in ("alice", "bob")}
+    assert {(s.split, s.owner) for s in m.shards} == groups
     assert all(Path(s.path).name.startswith(f"{s.owner}-") for s in m.shards)
     assert m.class_names == ["bird", "cat", "dog"] and m.image_shape == [16, 16, 3] and m.encoding == "png"
     idx = read_index(out).to_pylist()
@@ -93,14 +94,15 @@ def test_per_owner_shards_manifest_index_and_verify_agree(pooled):
         assert keys == sorted(keys) == sorted(r["key"] for r in idx if r["shard"] == s.path)
     problems, totals = verify(out, decode=True)
     assert problems == [] and totals["samples"] == 24
-    assert sorted(p.name for p in out.iterdir()) == ["_info.json", "errors.jsonl", "index.parquet", "manifest.json",
-                                                     "test", "train"]  # no fragments or progress files left
+    # no fragments or progress files left
+    assert sorted(p.name for p in out.iterdir()) == ["_info.json", "errors.jsonl", "index.parquet",
+                                                     "manifest.json", "test", "train"]
     text = json.dumps(m.to_dict()) + (out / "_info.json").read_text()
     assert "img_0" not in text and "secret" not in text  # no source names, no key material
 
 
 def test_dead_letters_are_accounted_per_split_and_owner(pooled):
-    rows = [json.loads(l) for l in (pooled["out"] / "errors.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (pooled["out"] / "errors.jsonl").read_text().splitlines()]
     assert {(r["source"], r["reason"]) for r in rows} == {("train/cat/notes.png", "not_an_image"),
                                                           ("train/dog/cut.png", "corrupt")}
     m = Manifest.load(pooled["out"])
@@ -180,7 +182,7 @@ def test_a_record_that_kills_its_decoder_is_rejected_and_its_chunk_still_written
     argv = ["--source", str(tmp_path / "src"), *SCHEME, "--keys", str(tmp_path / "solo.key"), "--out",
             str(tmp_path / "out"), "--chunk", "3", "--max-reject-rate", "0.5", "--quiet"]
     assert run(argv) == 0
-    rows = [json.loads(l) for l in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert [(r["source"], r["reason"].split(":")[0]) for r in rows] == [(poison, "decoder_crashed")]
     m = Manifest.load(tmp_path / "out")
     assert sum(s.count for s in m.shards) == len(truth) - 1          # the poison's chunk-mates are written
@@ -223,7 +225,8 @@ def test_parquet_owner_column_and_jpeg(tmp_path):
     for name in ("a", "b"):
         Key.generate(name).save(tmp_path / f"{name}.key")
     (tmp_path / "owners.json").write_text(json.dumps({
-        "column": "site", "owners": {"a": {"key": "a.key", "match": ["A"]}, "b": {"key": "b.key", "match": ["B"]}}}))
+        "column": "site",
+        "owners": {"a": {"key": "a.key", "match": ["A"]}, "b": {"key": "b.key", "match": ["B"]}}}))
     argv = ["--source", str(tmp_path / "pq"), "--scheme", "etc", "--param", "block_size=16", "--keys",
             str(tmp_path / "owners.json"), "--jpeg-quality", "90", "--max-reject-rate", "0.5", "--quiet",
             "--out", str(tmp_path / "out")]
@@ -231,7 +234,7 @@ def test_parquet_owner_column_and_jpeg(tmp_path):
     m = Manifest.load(tmp_path / "out")
     assert m.encoding == "jpeg" and m.jpeg_quality == 90 and m.class_names == ["zebra", "ant", "mole"]
     assert {o.name: o.counts for o in m.owners} == {"a": {"train": 3}, "b": {"train": 2}}
-    rows = [json.loads(l) for l in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert [r["reason"] for r in rows] == ["no_owner"]
     assert verify(tmp_path / "out", decode=True)[0] == []
 
@@ -240,7 +243,8 @@ def test_lcrypt_cli_runs_prepare_and_verify(pooled, tmp_path, capsys):
     from lcrypt.cli import main
 
     argv = ["prepare", "--source", str(pooled["root"] / "src" / "test"), "--scheme", "pe", "--keys",
-            str(pooled["root"] / "bob.key"), "--out", str(tmp_path / "cli"), "--quiet", "--runner", "DirectRunner"]
+            str(pooled["root"] / "bob.key"), "--out", str(tmp_path / "cli"), "--quiet",
+            "--runner", "DirectRunner"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "images/s" in out and "rejected" in out
@@ -250,7 +254,8 @@ def test_lcrypt_cli_runs_prepare_and_verify(pooled, tmp_path, capsys):
 def test_pipeline_constructs_for_dataflow_without_submitting(pooled):
     from pipelines.prepare import construct
 
-    p = construct(["--source", str(pooled["root"] / "src"), *SCHEME, "--keys", str(pooled["root"] / "alice.key"),
+    p = construct(["--source", str(pooled["root"] / "src"), *SCHEME,
+                   "--keys", str(pooled["root"] / "alice.key"),
                    "--out", "gs://lcrypt-example-bucket/out", "--runner", "DataflowRunner",
                    "--project", "lcrypt-example", "--region", "europe-west1",
                    "--temp_location", "gs://lcrypt-example-bucket/tmp",
@@ -266,7 +271,8 @@ def test_pipeline_constructs_for_dataflow_without_submitting(pooled):
 
 @pytest.mark.shared_data
 def test_shared_cifar10_subset(shared_datasets, tmp_path, fixed_key):
-    """Real CIFAR-10 JPEGs (two classes of the test split): EtC + JPEG q85, verify, decrypt close to source."""
+    """Real CIFAR-10 JPEGs (two classes of the test split): EtC + JPEG q85, verify, decrypt close to
+    source."""
     from lcrypt.images import decode_image
 
     src = tmp_path / "cifar-subset.tar"
@@ -282,11 +288,13 @@ def test_shared_cifar10_subset(shared_datasets, tmp_path, fixed_key):
                 break
     assert len(kept) == 200
     fixed_key.save(tmp_path / "k.key")
-    argv = ["--source", str(src), "--scheme", "etc", "--param", "block_size=8", "--keys", str(tmp_path / "k.key"),
-            "--jpeg-quality", "85", "--quiet", "--out", str(tmp_path / "out")]
+    argv = ["--source", str(src), "--scheme", "etc", "--param", "block_size=8",
+            "--keys", str(tmp_path / "k.key"), "--jpeg-quality", "85", "--quiet",
+            "--out", str(tmp_path / "out")]
     assert run(argv) == 0
     m = Manifest.load(tmp_path / "out")
-    assert m.splits == {"test": 200} and m.class_names == ["airplane", "cat"] and verify(tmp_path / "out")[0] == []
+    assert m.splits == {"test": 200} and m.class_names == ["airplane", "cat"]
+    assert verify(tmp_path / "out")[0] == []
     salt = sample_key_salt(fixed_key)
     by_key = {sample_key(n, salt): decode_image(d) for n, d in kept.items()}
     scheme = get_scheme("etc", block_size=8)
@@ -325,8 +333,8 @@ def test_source_and_output_on_an_object_store_give_the_same_dataset(pooled, tmp_
 
 
 @pytest.mark.parametrize("store", ["local", "object store"])
-def test_out_holding_files_is_refused_and_overwrite_replaces_only_what_prepare_wrote(pooled, tmp_path, monkeypatch,
-                                                                                   capsys, store):
+def test_out_holding_files_is_refused_and_overwrite_replaces_only_what_prepare_wrote(
+        pooled, tmp_path, monkeypatch, capsys, store):
     if store == "local":
         out, folder = str(tmp_path / "out"), tmp_path / "out"
     else:
@@ -390,5 +398,6 @@ def test_every_source_kind_reads_from_an_object_store_like_from_disk(kind, tmp_p
     remote = f"wds:objstore://bucket/{rel[4:]}" if rel.startswith("wds:") else f"objstore://bucket/{rel}"
     assert run(["--source", remote, *argv, "--out", str(tmp_path / "out2")]) == 0
     m = Manifest.load(tmp_path / "out")
-    assert sum(s["read"] for s in m.stats) > 0 and sum(s["written"] for s in m.stats) == sum(m.splits.values())
+    assert sum(s["read"] for s in m.stats) > 0
+    assert sum(s["written"] for s in m.stats) == sum(m.splits.values())
     same_dataset(tmp_path / "out", tmp_path / "out2")

@@ -22,7 +22,8 @@ fsspec = pytest.importorskip("fsspec")
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory) -> Path:
-    data, _ = make_dataset(tmp_path_factory.mktemp("remote"), scheme="block-shuffle", params=("--param", "block_size=4"))
+    data, _ = make_dataset(tmp_path_factory.mktemp("remote"), scheme="block-shuffle",
+                           params=("--param", "block_size=4"))
     return data
 
 
@@ -93,8 +94,8 @@ def test_training_from_a_url_is_the_training_from_the_folder(local, remote, tmp_
 
     from training.train import run
 
-    args = ["--model", "convmixer", "--width", "8", "--depth", "1", "--kernel", "3", "--epochs", "1", "--seed", "3",
-            "--batch-size", "6", "--workers", "0", "--quiet"]
+    args = ["--model", "convmixer", "--width", "8", "--depth", "1", "--kernel", "3", "--epochs", "1",
+            "--seed", "3", "--batch-size", "6", "--workers", "0", "--quiet"]
     assert run(["--data", str(local / "manifest.json"), "--out", str(tmp_path / "a"), *args]) == 0
     assert run(["--data", f"{remote}/manifest.json", "--out", str(tmp_path / "b"), *args]) == 0
     a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab")

@@ -44,7 +44,8 @@ def jpeg_bytes(images: np.ndarray, subsampling: str = "444", quality: int = 85) 
 
 
 def test_pe_and_etc_histograms_become_symmetric(natural):
-    """Negative-positive with P = 0.5 mixes each value with 255 - value (Sirichotedumrong eq. 1; EtC step 3)."""
+    """Negative-positive with P = 0.5 mixes each value with 255 - value (Sirichotedumrong eq. 1;
+    EtC step 3)."""
     assert histogram_asymmetry(natural) > 0.15
     assert histogram_asymmetry(get_scheme("pe").encrypt(natural, KEY)) < 0.02
     assert histogram_asymmetry(get_scheme("etc").encrypt(natural, KEY)) < 0.25
@@ -125,10 +126,12 @@ def test_key_spaces_match_the_papers():
     lg = lambda n: math.lgamma(n + 1) / math.log(2)  # noqa: E731
     assert get_scheme("le").info.key_space_bits(32, 32) == pytest.approx(lg(96) + 96)          # 96!·2^96
     n = 32 * 32
-    assert get_scheme("pe", color_shuffle=True).info.key_space_bits(32, 32) == pytest.approx(3 * n + n * math.log2(6))
+    assert (get_scheme("pe", color_shuffle=True).info.key_space_bits(32, 32)
+            == pytest.approx(3 * n + n * math.log2(6)))
     assert get_scheme("pe").info.key_space_bits(32, 32) == pytest.approx(3 * n)
     nb = 14 * 14
-    assert get_scheme("etc").info.key_space_bits(224, 224) == pytest.approx(lg(nb) + nb * math.log2(8 * 2 * 6))
+    assert (get_scheme("etc").info.key_space_bits(224, 224)
+            == pytest.approx(lg(nb) + nb * math.log2(8 * 2 * 6)))
 
 
 def test_jpeg_compatibility_follows_the_mcu():

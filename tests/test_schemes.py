@@ -79,7 +79,8 @@ def test_golden_vectors(fixed_key):
     """Ciphertext digests of a fixed image under a fixed key, checked in: any change in a scheme's
     algorithm or key derivation (which would orphan every published dataset) fails here."""
     expected = json.loads(GOLDEN.read_text())
-    got = {i: digest(get_scheme(n, **p).encrypt(golden_image(), fixed_key)) for i, (n, p) in zip(IDS, VARIANTS)}
+    got = {i: digest(get_scheme(n, **p).encrypt(golden_image(), fixed_key))
+           for i, (n, p) in zip(IDS, VARIANTS)}
     assert got == expected
 
 
@@ -90,11 +91,13 @@ def test_encryption_is_deterministic_across_processes(fixed_key):
         "from tests.test_schemes import VARIANTS, IDS, golden_image, digest\n"
         "from lcrypt import Key, get_scheme\n"
         "k = Key(bytes(range(32)), 'test-owner')\n"
-        "print(json.dumps({i: digest(get_scheme(n, **p).encrypt(golden_image(), k)) for i, (n, p) in zip(IDS, VARIANTS)}))\n"
+        "print(json.dumps({i: digest(get_scheme(n, **p).encrypt(golden_image(), k))"
+        " for i, (n, p) in zip(IDS, VARIANTS)}))\n"
     ) % str(Path(__file__).resolve().parents[1])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin"}).stdout
-    here = {i: digest(get_scheme(n, **p).encrypt(golden_image(), fixed_key)) for i, (n, p) in zip(IDS, VARIANTS)}
+    here = {i: digest(get_scheme(n, **p).encrypt(golden_image(), fixed_key))
+            for i, (n, p) in zip(IDS, VARIANTS)}
     assert json.loads(out) == here
 
 

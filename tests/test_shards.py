@@ -13,11 +13,11 @@ import zlib
 import numpy as np
 import pytest
 
-from lcrypt.format import (IMAGE_EXT, IMAGE_EXTS, KEY_HEX_DIGITS, TAR_RECORD, Manifest, ManifestError, OwnerEntry,
-                           ShardEntry, ShardFormatError, ShardWriter, check_owner, decode_label, decode_labels,
-                           decode_member, decode_samples, encode_image, encode_png, group_members, num_shards_for,
-                           parse_shard_path, read_index, read_samples, sample_key, sample_key_salt, shard_of,
-                           shard_path, tar_bytes, write_tar)
+from lcrypt.format import (IMAGE_EXT, IMAGE_EXTS, KEY_HEX_DIGITS, TAR_RECORD, Manifest, ManifestError,
+                           OwnerEntry, ShardEntry, ShardFormatError, ShardWriter, check_owner, decode_label,
+                           decode_labels, decode_member, decode_samples, encode_image, encode_png,
+                           group_members, num_shards_for, parse_shard_path, read_index, read_samples,
+                           sample_key, sample_key_salt, shard_of, shard_path, tar_bytes, write_tar)
 from lcrypt.format.codecs import png_raw_rows
 from lcrypt.format.reader import _plain_tar_members
 from lcrypt.tarstream import TarFormatError, iter_members
@@ -157,7 +157,8 @@ def test_keep_steps_over_members_and_their_long_names():
 
 def test_truncated_and_corrupt_tars_are_errors(rng):
     writer = ShardWriter("npy")
-    data = tar_bytes(writer.members([("k", 1, writer.encode(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))]))
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    data = tar_bytes(writer.members([("k", 1, writer.encode(image))]))
     with pytest.raises(TarFormatError, match="truncated"):
         list(iter_members(io.BytesIO(data[:700])))
     bad = bytearray(data)
@@ -201,8 +202,8 @@ def _manifest() -> Manifest:
 
 def test_manifest_round_trip_index_and_timm_info(tmp_path):
     m = _manifest()
-    rows = [{"key": k, "shard": s, "label": 1, "owner": s[6], "split": "train"}
-            for k, s in [("k2", "train/a-000000.tar"), ("k1", "train/a-000000.tar"), ("k3", "train/b-000000.tar")]]
+    placed = [("k2", "train/a-000000.tar"), ("k1", "train/a-000000.tar"), ("k3", "train/b-000000.tar")]
+    rows = [{"key": k, "shard": s, "label": 1, "owner": s[6], "split": "train"} for k, s in placed]
     m.save(tmp_path, index=rows)
     back = Manifest.load(tmp_path)
     assert back.deterministic_dict() == m.deterministic_dict() and back.created

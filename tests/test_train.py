@@ -27,11 +27,12 @@ def torchrun(data: Path, out: Path, *extra: str, check: bool = True) -> subproce
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "training.train", "--data", str(data / "manifest.json"), "--out", str(out), *TINY, *extra]
-    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as p:
         try:
             out, err = p.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:  # SIGTERM, which torchrun passes on to its ranks (SIGKILL orphans them)
-            p.terminate()
+        except subprocess.TimeoutExpired:
+            p.terminate()  # SIGTERM, which torchrun passes on to its ranks (SIGKILL orphans them)
             out, err = p.communicate(timeout=60)
             pytest.fail(f"torchrun hung for {TIMEOUT} s: {' '.join(cmd)}\n{err[-4000:]}")
     proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
@@ -41,8 +42,8 @@ def torchrun(data: Path, out: Path, *extra: str, check: bool = True) -> subproce
 
 
 def epochs(out: Path) -> list[dict]:
-    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()
-            if json.loads(l)["event"] == "epoch"]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["event"] == "epoch"]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,8 @@ def test_each_sample_once_per_epoch_across_ranks_over_uneven_shards(trained):
     counts = [e.count for e in m.shards_for("train")]
     assert len(set(counts)) > 1  # uneven shards: whole-shard splitting would leave the ranks out of step
     keys = sorted(k for e in m.shards_for("train") for k, _, _ in decode_shard(trained["data"] / e.path))
-    traces = [[json.loads(l) for l in (trained["full"] / f"samples-rank{r}.jsonl").read_text().splitlines()]
+    traces = [[json.loads(line)
+               for line in (trained["full"] / f"samples-rank{r}.jsonl").read_text().splitlines()]
               for r in range(2)]
     assert len(traces[0]) == len(traces[1]) == 3 * 6  # same number of steps on each rank: no hang
     for epoch in range(3):

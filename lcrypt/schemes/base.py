@@ -271,7 +271,8 @@ class Scheme:
         unknown = sorted(set(params) - set(self.PARAMS))
         if unknown:
             known = ", ".join(self.PARAMS) or "none"
-            raise ValueError(f"scheme {self.name!r} has no parameter {', '.join(unknown)} (it takes: {known})")
+            raise ValueError(f"scheme {self.name!r} has no parameter {', '.join(unknown)} "
+                             f"(it takes: {known})")
         self.params = {k: _coerce(k, params.get(k, d), d) for k, d in self.PARAMS.items()}
         for k, allowed in self.ALLOWED.items():
             if self.params[k] not in allowed:

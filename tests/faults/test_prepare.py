@@ -56,7 +56,7 @@ def small(tmp_path_factory):
 
 
 def one_line_error(err: str) -> str:
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
@@ -112,10 +112,10 @@ def test_a_record_two_owners_match_is_rejected_naming_both_unless_first_is_chose
     owners = {"bob": {"key": "bob.key", "match": ["*/cat/*", "*/dog/*"]},
               "carol": {"key": "carol.key", "match": ["*/cat/*", "*/bird/*"]}}  # cat: both
     (tmp_path / "owners.json").write_text(json.dumps(owners))
-    argv = ["--source", str(small["root"] / "src"), *SCHEME, "--keys", str(tmp_path / "owners.json"), "--quiet",
-            "--max-reject-rate", "1"]
+    argv = ["--source", str(small["root"] / "src"), *SCHEME, "--keys", str(tmp_path / "owners.json"),
+            "--quiet", "--max-reject-rate", "1"]
     assert run(argv + ["--out", str(tmp_path / "strict")]) == 0
-    errors = [json.loads(l) for l in (tmp_path / "strict" / "errors.jsonl").read_text().splitlines()]
+    errors = [json.loads(line) for line in (tmp_path / "strict" / "errors.jsonl").read_text().splitlines()]
     assert len(errors) == 6 and {e["reason"] for e in errors} == {"owner_conflict"}
     assert all("/cat/" in e["source"] and "bob and carol" in e["detail"] for e in errors)
     m = Manifest.load(tmp_path / "strict")
@@ -184,7 +184,7 @@ def test_an_odd_first_image_does_not_decide_the_size(small, tmp_path, capsys):
     m = Manifest.load(tmp_path / "out")
     assert m.image_shape == [16, 16, 3] and m.splits == {"train": 115}
     assert "image size 16x16" in capsys.readouterr().out
-    errors = [json.loads(l) for l in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert [e["reason"] for e in errors] == ["wrong_size"]
 
 
@@ -219,7 +219,8 @@ def test_two_concurrent_runs_one_refused_one_complete(small, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pipelines.prepare", *small["argv"], "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
              for _ in range(2)]
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
     codes = sorted(r[2] for r in results)
@@ -240,7 +241,8 @@ def test_an_unwritable_out_is_found_before_any_work(small, tmp_path, capsys):
     assert "--out /proc/lcrypt-out" in one_line_error(capsys.readouterr().err)
 
 
-def test_a_full_disk_while_writing_shards_is_one_line_and_leaves_no_scratch(small, tmp_path, capsys, monkeypatch):
+def test_a_full_disk_while_writing_shards_is_one_line_and_leaves_no_scratch(small, tmp_path, capsys,
+                                                                              monkeypatch):
     from lcrypt.storage import LocalStorage
 
     real = LocalStorage.write_atomic
@@ -318,7 +320,8 @@ def big(tmp_path_factory):
 
 def _start(big: Path, out: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pipelines.prepare", "--source", str(big / "big.tar.gz"), *SCHEME,
-           "--keys", str(big / "alice.key"), "--out", str(out), "--shard-size", "100", "--chunk", "32", "--quiet"]
+           "--keys", str(big / "alice.key"), "--out", str(out), "--shard-size", "100", "--chunk", "32",
+           "--quiet"]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -353,7 +356,8 @@ def test_sigkill_leaves_no_process_no_partial_shard_and_overwrite_recovers(big, 
     assert run(argv + ["--overwrite"]) == 0
     m = Manifest.load(out)
     assert verify(out)[0] == [] and sum(s["read"] for s in m.stats) == 3000 == sum(m.splits.values())
-    assert not list(Path(tempfile.gettempdir()).glob(f"lcrypt-progress-{proc.pid}-*"))  # swept by the next run
+    # swept by the next run
+    assert not list(Path(tempfile.gettempdir()).glob(f"lcrypt-progress-{proc.pid}-*"))
 
 
 @pytest.mark.slow
