@@ -20,6 +20,8 @@ demo: $(STAMP)
 	$(BIN)/python -m pipelines.demo --out build/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check lcrypt pipelines loaders training tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 bench: $(STAMP)

@@ -417,7 +417,8 @@ def test_second_run_into_a_busy_out_is_refused_naming_the_first(data, tmp_path, 
         refused(rc, err, match=rf"--out {re.escape(str(out))} is in use by another training run "
                                rf"\(pid {first.pid} on host \S+, started \d{{4}}-\d\d-\d\dT")
         assert lock.read_bytes() == holder  # the holder's record is untouched
-        assert set(snapshot(out)) <= files | {"checkpoint.pt", "metrics.jsonl"}  # only the first run writes
+        first_runs = {"checkpoint.pt", ".checkpoint.pt.tmp", "metrics.jsonl"}
+        assert set(snapshot(out)) <= files | first_runs  # only the first run writes
     finally:
         first.send_signal(signal.SIGTERM)
         rc = first.wait(timeout=60)
