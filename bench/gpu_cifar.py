@@ -39,7 +39,8 @@ _STATE: dict = {}
 
 
 def _write_shard(i: int):
-    from lcrypt.format import ShardWriter, atomic_write
+    from lcrypt.format import ShardWriter
+    from lcrypt.storage import atomic_write
 
     s = _STATE
     writer = ShardWriter("png")

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
-from lcrypt.format import atomic_write
+from lcrypt.storage import atomic_write
 from lcrypt.keys import Key
 from lcrypt.schemes import get_scheme, list_schemes
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import abc
 import os
+import tempfile
 import shutil
 import uuid
+from pathlib import Path
 from typing import IO
 
 
@@ -36,6 +38,26 @@ def join(root: str | os.PathLike, *parts: str) -> str:
     """POSIX ``parts`` under ``root``: a URL joins with "/" and stays a URL; a local path as the OS does."""
     text = str(root)
     return "/".join([text.rstrip("/"), *parts]) if "://" in text else os.path.join(text, *parts)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 class Storage(abc.ABC):
@@ -130,8 +152,6 @@ class LocalStorage(Storage):
         return files, links
 
     def write_atomic(self, path: str, data: bytes, durable: bool = True) -> None:
-        from lcrypt.format import atomic_write
-
         path = local_path(path)
         if durable:
             atomic_write(path, data)

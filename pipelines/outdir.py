@@ -23,7 +23,7 @@ from pipelines.beamstorage import pipeline_storage
 FRAGMENTS = FRAGMENTS_NAME  # encoded images between encryption and shard writing; removed at the end
 SCRATCH = (FRAGMENTS + "/",)  # scratch folders
 OWN_FILES = (MANIFEST_NAME, INDEX_NAME, TIMM_INFO_NAME, ERRORS_NAME, LOCK_NAME)
-_ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # lcrypt.format.atomic_write's temp names
+_ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # lcrypt.storage.atomic_write's temp names
 _OTHER_TMP = re.compile(r"^(?P<name>.+)\.tmp-[0-9a-f]{32}$")  # the other storages' write_atomic temp names
 
 

@@ -9,7 +9,7 @@ from lcrypt.format.batch import decode_samples
 from lcrypt.format.codecs import (ShardFormatError, decode_label, decode_labels, decode_member, encode_image,
                                   encode_png)
 from lcrypt.format.folder import (ERRORS_NAME, FRAGMENTS_NAME, INDEX_NAME, LOCK_NAME, MANIFEST_NAME,
-                                  TIMM_INFO_NAME, ManifestError, atomic_write)
+                                  TIMM_INFO_NAME, ManifestError)
 from lcrypt.format.index import INDEX_COLUMNS, read_index
 from lcrypt.format.manifest import Manifest, OwnerEntry, ShardEntry, dataset_folder
 from lcrypt.format.names import (IMAGE_EXT, IMAGE_EXTS, KEY_HEX_DIGITS, SHARD_RE, check_owner, check_split,
@@ -23,7 +23,7 @@ __all__ = [
     "ERRORS_NAME", "FRAGMENTS_NAME", "IMAGE_EXT", "IMAGE_EXTS", "INDEX_COLUMNS", "INDEX_NAME",
     "KEY_HEX_DIGITS", "LOCK_NAME", "MANIFEST_NAME", "SHARD_RE", "TAR_RECORD", "TIMM_INFO_NAME",
     "Manifest", "ManifestError", "OwnerEntry", "Sample", "ShardEntry", "ShardFormatError", "ShardWriter",
-    "atomic_write", "check_owner", "check_split", "count_problem", "dataset_folder", "decode_label",
+    "check_owner", "check_split", "count_problem", "dataset_folder", "decode_label",
     "decode_labels", "decode_member", "decode_samples", "decode_shard", "encode_image", "encode_png",
     "group_members", "make_sample", "num_shards_for", "parse_shard_path", "read_index", "read_samples",
     "sample_key", "sample_key_salt", "shard_members", "shard_of", "shard_path", "tar_bytes", "write_tar",

@@ -1,5 +1,5 @@
-"""A dataset folder's files: what they are called, the error when one is missing or malformed, and how
-each is written (:func:`atomic_write`: a crash never leaves a file that looks complete).
+"""A dataset folder's files: what they are called, and the error when one is missing or malformed. Each
+is written with :func:`lcrypt.storage.atomic_write`, so a crash never leaves a file that looks complete.
 
 A published lcrypt dataset folder holds::
 
@@ -15,10 +15,6 @@ A published lcrypt dataset folder holds::
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.parquet"
 TIMM_INFO_NAME = "_info.json"
@@ -29,23 +25,3 @@ FRAGMENTS_NAME = ".fragments"  # prepare's scratch folder (encoded images before
 
 class ManifestError(ValueError):
     """manifest.json (or index.parquet) is missing, malformed or of another format version."""
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -23,9 +23,9 @@ import json
 import os
 from typing import Any, Callable, Iterable, Mapping
 
-from lcrypt.format.folder import INDEX_NAME, MANIFEST_NAME, TIMM_INFO_NAME, ManifestError, atomic_write
+from lcrypt.format.folder import INDEX_NAME, MANIFEST_NAME, TIMM_INFO_NAME, ManifestError
 from lcrypt.format.index import index_bytes
-from lcrypt.storage import Storage, is_remote, join, storage_for
+from lcrypt.storage import Storage, atomic_write, is_remote, join, storage_for
 
 MANIFEST_FORMAT = "lcrypt-dataset/1"
 

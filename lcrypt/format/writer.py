@@ -8,7 +8,7 @@ carries nothing else (no ``.json``, no file name).
 Tars are written deterministically (:func:`tar_bytes`): plain ustar headers with mtime 0, uid/gid 0,
 empty user/group names, mode 0444, members in the order given (:class:`ShardWriter` takes samples
 sorted by key), the archive padded like GNU/Python tar; files are written to a temporary name and
-renamed (:func:`lcrypt.format.folder.atomic_write`), so equal content gives byte-equal files and a
+renamed (:func:`lcrypt.storage.atomic_write`), so equal content gives byte-equal files and a
 crash never leaves a shard that looks complete.
 """
 
@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from lcrypt.format.codecs import encode_image, encode_label
-from lcrypt.format.folder import atomic_write
+from lcrypt.storage import atomic_write
 from lcrypt.format.manifest import ShardEntry
 from lcrypt.format.names import ENCODINGS, IMAGE_EXT, LABEL_EXT, shard_path
 from lcrypt.tarstream import TAR_BLOCK

@@ -184,7 +184,7 @@ def test_encrypt_skips_unsupported_files_with_reasons_and_exits_1(work, capsys, 
 
 
 def test_a_write_failure_midway_leaves_only_complete_files(work, capsys, monkeypatch):
-    import lcrypt.format.folder as folder_module
+    import lcrypt.storage as storage_module
 
     calls = []
 
@@ -193,7 +193,7 @@ def test_a_write_failure_midway_leaves_only_complete_files(work, capsys, monkeyp
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(folder_module.os, "fsync", fsync)
+    monkeypatch.setattr(storage_module.os, "fsync", fsync)
     capsys.readouterr()
     refused(capsys, convert("decrypt", work, work / "enc", work / "dec"), "img1.png",
             "No space left on device", "1 image(s) were written")
