@@ -48,10 +48,9 @@ class EncryptChunkFn(beam.DoFn):
     wrong mode, no owner...) are rejected one by one. With ``isolate_decoders`` the chunk is decoded in a
     forked subprocess, so a decoder that crashes its process (a segfault in a C library) costs a
     retry, not the job; a chunk that fails as a whole, in the subprocess or not, is redone one record at
-    a time and the record that fails alone is rejected with the reason. Beam's own ``use_subprocess``
-    does the same per element but holds a fixed 1 s sleep per DoFn at teardown (measured: +2 s for a
-    100-image run, +4 s on two workers), a third of a CIFAR-10 run; ``with_exception_handling`` stays
-    as the backstop (prepare.build).
+    a time and the record that fails alone is rejected with the reason. (Beam's own ``use_subprocess``
+    does the same per element, but sleeps a fixed second per DoFn at teardown, which costs a small
+    job much of its time.) ``with_exception_handling`` stays as the backstop (prepare.build).
     """
 
     def __init__(self, config: PrepareConfig):
@@ -213,7 +212,7 @@ LARGE_IMAGE_BYTES = 1 << 16  # 64 KiB: 148x148 RGB; CIFAR (3 KB) batches, Imagen
 def encrypt_batch(scheme, images: list[np.ndarray], key: Key) -> list[np.ndarray] | np.ndarray:
     """Encrypt same-size images: one vectorised call over a stacked batch for small images; one call per
     image for large ones, where the call overhead is nothing and stacking would copy every image once
-    more (the scheme's gather already writes a new array; see docs/benchmarks.md, prepare pipeline)."""
+    more (the scheme's gather already writes a new array)."""
     if images[0].nbytes < LARGE_IMAGE_BYTES:
         return scheme.encrypt(np.stack(images), key)
     return [scheme.encrypt(im[None], key)[0] for im in images]

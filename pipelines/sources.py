@@ -35,7 +35,7 @@ class ReadRecords(beam.PTransform):
 
     The units are reshuffled so the workers read different files, or different parts of one archive
     (see lcrypt.sources.base.FileSource), and the decode/encrypt step fuses with the read: reshuffling
-    the raw records instead costs more than it gains (docs/benchmarks.md).
+    the raw records instead would ship every raw image through the runner once more.
     """
 
     def __init__(self, source: Source, chunk: int = CHUNK, parts: int = 1):
