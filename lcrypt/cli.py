@@ -1,7 +1,8 @@
 """The `lcrypt` command: keys, schemes, trying a scheme by hand, and the plugin subcommands.
 
-Core subcommands live here; `prepare` (pipelines), `verify` and `evaluate` are plugins declared in
-pyproject's ``lcrypt.commands`` entry points, so lcrypt never imports the packages that depend on it.
+Core subcommands live here; `prepare` (pipelines), `train` (training), `verify` and `evaluate` are
+plugins declared in pyproject's ``lcrypt.commands`` entry points, so lcrypt never imports the packages
+that depend on it.
 Every subcommand ends with a summary table and returns an exit code: 0 done, 1 done but some inputs were
 skipped (each named with its reason), 2 refused (one line on stderr naming the file or flag and the
 rule; nothing written), 141 stdout was closed early (``lcrypt schemes --json | head -1``: the rest of

@@ -17,9 +17,10 @@ def test_predict_encrypts_like_the_pipeline_and_classifies(tmp_path, capsys):
     from training.train import run as train
 
     data, key = make_dataset(tmp_path, scheme="pe", per_class={"train": 8, "test": 2})
-    out = tmp_path / "run"
-    assert train(["--data", str(data), "--out", str(out), "--model", "convmixer", "--width", "16",
-                  "--depth", "2", "--kernel", "3", "--epochs", "2", "--batch-size", "4", "--quiet"]) == 0
+    out = tmp_path / "runs" / "pe-tiny"
+    assert train(["--data", str(data), "--out", str(out.parent), "--name", out.name, "--model", "convmixer",
+                  "--width", "16", "--depth", "2", "--kernel", "3", "--epochs", "2", "--batch-size", "4",
+                  "--quiet"]) == 0
     ckpt = load_checkpoint(out / "checkpoint.pt")
     rel = "test/green/green_001.png"
     plain = read_image(tmp_path / "src" / rel)[None]

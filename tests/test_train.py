@@ -41,8 +41,15 @@ def torchrun(data: Path, out: Path, *extra: str, check: bool = True) -> subproce
     return proc
 
 
+def run_dir(out: Path) -> Path:
+    """The one run folder under ``out`` (each run writes into its own folder there)."""
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
 def epochs(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in (run_dir(out) / "metrics.jsonl").read_text().splitlines()
             if json.loads(line)["event"] == "epoch"]
 
 
@@ -52,12 +59,12 @@ def trained(tmp_path_factory):
     data, key = make_dataset(root)
     full = root / "full"
     proc = torchrun(data, full, "--epochs", "3", "--trace-samples")
-    return {"root": root, "data": data, "key": key, "full": full, "stdout": proc.stdout}
+    return {"root": root, "data": data, "key": key, "full": run_dir(full), "out": full, "stdout": proc.stdout}
 
 
 @pytest.mark.slow
 def test_ddp_training_learns_and_replicas_agree(trained):
-    rows = epochs(trained["full"])
+    rows = epochs(trained["out"])
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.1
     assert rows[-1]["test_count"] == 18  # both ranks' evaluation shares add up to the whole test split
@@ -81,7 +88,7 @@ def test_each_sample_once_per_epoch_across_ranks_over_uneven_shards(trained):
                for line in (trained["full"] / f"samples-rank{r}.jsonl").read_text().splitlines()]
               for r in range(2)]
     assert len(traces[0]) == len(traces[1]) == 3 * 6  # same number of steps on each rank: no hang
-    for epoch in range(3):
+    for epoch in (1, 2, 3):
         seen = [k for t in traces for row in t if row["epoch"] == epoch for k in row["keys"]]
         assert sorted(seen) == keys
         by_rank = [{k for row in t if row["epoch"] == epoch for k in row["keys"]} for t in traces]
@@ -91,12 +98,14 @@ def test_each_sample_once_per_epoch_across_ranks_over_uneven_shards(trained):
 
 @pytest.mark.slow
 def test_resume_continues_exactly_where_it_stopped(trained):
-    part = trained["root"] / "part"
-    torchrun(trained["data"], part, "--epochs", "3", "--stop-after-steps", "8", "--trace-samples")
+    out = trained["root"] / "part"
+    torchrun(trained["data"], out, "--epochs", "3", "--stop-after-steps", "8", "--trace-samples")
+    part = run_dir(out)
     ckpt = torch.load(part / "checkpoint.pt", weights_only=True)
     assert ckpt["global_step"] == 8 and ckpt["loader"]["epoch"] == 1 and ckpt["loader"]["step"] == 2
     assert not (part / "summary.json").exists()
-    torchrun(trained["data"], part, "--epochs", "3", "--resume", "auto", "--trace-samples")
+    torchrun(trained["data"], out, "--epochs", "3", "--resume", "auto", "--trace-samples")
+    assert run_dir(out) == part  # --resume auto continued the stopped run in its own folder
     full = json.loads((trained["full"] / "summary.json").read_text())
     resumed = json.loads((part / "summary.json").read_text())
     assert resumed["steps"] == full["steps"] == 18
@@ -112,11 +121,12 @@ def test_single_process_gpu_resident_mode_and_key_mismatch(tmp_path):
 
     data, key = make_dataset(tmp_path, scheme="le", params=("--param", "block_size=4"),
                              per_class={"train": 8, "test": 2})
-    out = tmp_path / "run"
-    assert run(["--data", str(data), "--out", str(out), "--gpu-resident", "--epochs", "2", "--adapt", "block",
-                "--mixup", "0.5", "--cutmix", "1.0", *MODEL, "--batch-size", "4", "--ckpt-every", "2"]) == 0
+    assert run(["--data", str(data), "--out", str(tmp_path / "runs"), "--gpu-resident", "--epochs", "2",
+                "--adapt", "block", "--mixup", "0.5", "--cutmix", "1.0", *MODEL, "--batch-size", "4",
+                "--ckpt-every", "2"]) == 0
+    out = run_dir(tmp_path / "runs")
     s = json.loads((out / "summary.json").read_text())
     assert s["steps"] == 2 * (24 // 4) and s["model"]["adapt"] == "block" and s["world"] == 1
     other, _ = make_dataset(tmp_path / "other", scheme="le", params=("--param", "block_size=4"),
                             per_class={"train": 8, "test": 2}, key_name="bob")
-    assert run(["--data", str(other), "--out", str(out), "--resume", str(out / "checkpoint.pt"), *TINY]) == 2
+    assert run(["--data", str(other), "--resume", str(out / "checkpoint.pt"), *TINY]) == 2

@@ -1,33 +1,43 @@
 """``training.train``'s flags and the checks they pass before anything is read or created.
 
-The model and adaptation choices come from :mod:`training.models`' registries and the depthwise ones
-from :mod:`training.depthwise`, so the parser, the error lines and the builders name the same things.
+The model and adaptation choices come from :mod:`training.models` (its registries, and timm's names) and
+the depthwise ones from :mod:`training.depthwise`, so the parser, the error lines and the builders name
+the same things. ``lcrypt train`` passes its arguments to the same parser (:mod:`training.command`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
+import re
 from typing import Any
 
 import torch
 
 from training.depthwise import CHOICES as DEPTHWISE_CHOICES
 from training.errors import TrainError
-from training.models import ARCHITECTURE_FIELDS, list_adaptations, list_models
+from training.models import (ARCHITECTURE_FIELDS, OPTIONS, known_model, list_adaptations, list_models,
+                             unknown_model)
 
-MODEL_OPTIONS = (*ARCHITECTURE_FIELDS, "depthwise")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.train", description=description)
+def build_parser(description: str, prog: str = "python -m training.train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
     a = p.add_argument
     a("--data", required=True, help="dataset folder or its manifest.json (local or fsspec URL)")
-    a("--out", default="runs/train", help="folder for checkpoint, metrics and summary (default runs/train)")
+    a("--out", default="runs", help="folder of the runs: each run writes into its own folder OUT/NAME "
+      "(checkpoint, metrics, curves, summary; default runs)")
+    a("--name", help="the run's folder name (default DATE-TIME-SCHEME-MODEL); a name that already holds "
+      "a run is refused unless --resume auto continues it")
     a("--train-split", default="train")
     a("--test-split", default="test", help="evaluated after each epoch; 'none' to skip")
-    a("--model", default="convmixer", help=f"one of {', '.join(list_models())}")
+    a("--model", default="convmixer", help=f"{', '.join(list_models())} (lcrypt's), or any timm model name, "
+      "e.g. mobilenetv3_small_050 (built for the dataset's classes and image size, no pretrained weights)")
     a("--adapt", default="none", choices=list_adaptations(), help="adaptation network in front")
+    a("--adapt-block", type=int, help="block size of --adapt block (default: the scheme's; needed for a "
+      "scheme without blocks, e.g. 4 for catmap as in Tanaka 2018)")
     a("--width", type=int, help="ConvMixer/ViT embedding width")
     a("--depth", type=int, help="ConvMixer/ViT depth")
     a("--patch", type=int, help="patch size (ViT default: the scheme's block size)")
@@ -62,11 +72,15 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     a("--verify-sha256", action="store_true", help="check every shard against the manifest's sha256")
     a("--seed", type=int, default=0)
     a("--ckpt-every", type=int, default=0, help="also checkpoint every N steps (0 = end of each epoch only)")
-    a("--resume", help="checkpoint to continue from ('auto' = OUT/checkpoint.pt if it exists)")
+    a("--resume", help="continue a run: its folder (or the checkpoint.pt in it), or 'auto': the newest run "
+      "under --out of the same dataset and model that has a checkpoint (with --name: that run), else a "
+      "new run")
     a("--stop-after-steps", type=int, default=0,
       help="checkpoint and stop at this global step (preemption test)")
     a("--trace-samples", action="store_true", help="write the sample keys of each step per rank (checks)")
     a("--log-every", type=int, default=50)
+    a("--tensorboard", action="store_true", help="also write TensorBoard events into the run folder "
+      "(needs the tensorboard package)")
     a("--device", default="auto", help="auto, cpu, cuda")
     a("--quiet", action="store_true", help="no progress bar")
     return p
@@ -93,13 +107,22 @@ def check_arguments(args: argparse.Namespace) -> None:
              ("--log-every", args.log_every, args.log_every >= 1, "at least 1")]
     if args.workers is not None:
         rules.append(("--workers", args.workers, args.workers >= 0, ">= 0"))
-    rules += [(f"--{k}", getattr(args, k), getattr(args, k) >= 1, "at least 1")
-              for k in ARCHITECTURE_FIELDS if getattr(args, k) is not None]
+    rules += [(f"--{k.replace('_', '-')}", getattr(args, k), getattr(args, k) >= 1, "at least 1")
+              for k in (*ARCHITECTURE_FIELDS, "adapt_block") if getattr(args, k) is not None]
     for flag, value, ok, rule in rules:
         if not ok or not math.isfinite(value):
             raise TrainError(f"{flag} {value} is out of range: it must be {rule}")
-    if args.model not in list_models():
-        raise TrainError(f"unknown --model {args.model!r}; choose one of {', '.join(list_models())}")
+    if not known_model(args.model):
+        raise TrainError(str(unknown_model(args.model, "--model")))
+    if args.name is not None and not (NAME.fullmatch(args.name) and len(args.name) <= 200):
+        raise TrainError(f"--name {args.name!r} is not a folder name: use letters, digits and . _ + - "
+                         "(a letter or digit first, no '/')")
+    if args.name is not None and args.resume not in (None, "auto"):
+        raise TrainError("--name and --resume PATH both name the run's folder: give one (or --resume auto "
+                         "--name NAME)")
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise TrainError("--tensorboard needs the tensorboard package, which is not installed: "
+                         "pip install tensorboard (or train without --tensorboard)")
     if not (args.device in ("auto", "cpu") or args.device.startswith("cuda")):
         raise TrainError(f"unknown --device {args.device!r}; choose auto, cpu or cuda")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -109,7 +132,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The flags :func:`training.models.create_model` takes (None: the model's default)."""
-    return {k: getattr(args, k) for k in MODEL_OPTIONS}
+    return {k: getattr(args, k) for k in OPTIONS}
 
 
 def splits_read(args: argparse.Namespace) -> list[str]:
@@ -119,5 +142,5 @@ def splits_read(args: argparse.Namespace) -> list[str]:
 
 def model_config(args: argparse.Namespace) -> dict[str, Any]:
     """The model as a checkpoint and the summary record it: name, adaptation and the options given."""
-    return {"name": args.model, "adapt": args.adapt,
-            **{k: v for k, v in model_options(args).items() if v is not None}}
+    given = {**model_options(args), "adapt_block": args.adapt_block}
+    return {"name": args.model, "adapt": args.adapt, **{k: v for k, v in given.items() if v is not None}}

@@ -20,20 +20,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from training.errors import first_line
+from training.errors import first_line, warn
 
 CHECKPOINT = "checkpoint.pt"
 MODEL_FIELDS = ("model", "model_config", "key_ids", "scheme", "scheme_params", "image_shape", "class_names")
 RESUME_FIELDS = (*MODEL_FIELDS, "optimizer", "scheduler", "loader", "global_step")
 PLAIN_TYPES = (str, int, float, bool, type(None))
-NEW_RUN = "or train from scratch into another --out (without --resume)"
+NEW_RUN = "or start a new run (without --resume)"
 
 
 class CheckpointError(ValueError):
@@ -98,16 +97,11 @@ def checkpoint_state(model: nn.Module, optimizer, scheduler, ema, loader: dict[s
             "args": {k: v for k, v in vars(args).items() if isinstance(v, PLAIN_TYPES)}}
 
 
-def load_resume(resume: str | None, out: Path) -> tuple[dict | None, str | None]:
-    """``(checkpoint, path)`` to continue from (``auto``: ``out``'s if there is one), or ``(None, None)``;
-    an unreadable one is refused."""
-    if resume == "auto":
-        auto = out / CHECKPOINT
-        resume = str(auto) if auto.exists() else None
-    if not resume:
-        return None, None
+def load_resume(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint ``--resume`` continues from (:mod:`training.runs` finds it); refused in one line
+    when it cannot be read or lacks the training state."""
     try:
-        return read_checkpoint(resume, RESUME_FIELDS), resume
+        return read_checkpoint(path, RESUME_FIELDS)
     except CheckpointError as exc:
         raise CheckpointError(f"--resume {exc}") from None
 
@@ -134,12 +128,12 @@ def check_resume(ckpt: dict, path: str, manifest, architecture: dict[str, Any]) 
                                   f"checkpoint was trained on, {NEW_RUN}")
     cfg = dict(ckpt["model_config"])
     try:
-        theirs = arch_of(cfg.pop("name"), cfg.pop("adapt", "none"), **cfg)
+        theirs = arch_of(cfg.pop("name"), cfg.pop("adapt", "none"), cfg.pop("adapt_block", None), **cfg)
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has an unusable model_config: {exc}") from None
     for field in ("name", "adapt", *sorted(set(theirs) | set(architecture) - {"name", "adapt"})):
         if theirs.get(field) != architecture.get(field):
-            flag = "--model" if field == "name" else f"--{field}"
+            flag = "--model" if field == "name" else f"--{field.replace('_', '-')}"
             want, have = theirs.get(field), architecture.get(field)
             raise CheckpointError(f"checkpoint {path} is a model with {flag} {want}, but this run asks for "
                                   f"{flag} {have}; resume with the checkpoint's {flag} {want}, {NEW_RUN}")
@@ -158,11 +152,10 @@ def restore(ckpt: dict, resume: str, model: nn.Module, optimizer, scheduler, ema
             ema.module.load_state_dict(ckpt["ema"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"--resume {resume}: the checkpoint does not fit this run's model or "
-                              f"optimiser ({first_line(exc)}); resume with the checkpoint's settings, or "
-                              "train from scratch into another --out") from None
+                              f"optimiser ({first_line(exc)}); resume with the checkpoint's settings, "
+                              f"{NEW_RUN}") from None
     pos = ckpt["loader"]
     if pos.get("world") != world or pos.get("batch_size", batch_size) != batch_size:
-        print(f"training.train: warning: resuming with world {world} / batch {batch_size} "
-              f"(checkpoint: {pos.get('world')} / {pos.get('batch_size')}): the epoch's remaining "
-              "samples are re-planned", file=sys.stderr)
+        warn(f"resuming with world {world} / batch {batch_size} (checkpoint: {pos.get('world')} / "
+             f"{pos.get('batch_size')}): the epoch's remaining samples are re-planned")
     return Position(pos["epoch"], pos["step"], ckpt["global_step"])

@@ -12,7 +12,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -124,3 +124,12 @@ def replica_digests(model: nn.Module, world: int) -> list[str]:
     gathered: list = [None] * world
     dist.all_gather_object(gathered, digest)
     return gathered
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself in one process)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

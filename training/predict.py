@@ -1,6 +1,6 @@
 """The client side of the papers' test phase: encrypt a plain image with the owner's key, classify it.
 
-    python -m training.predict --checkpoint runs/train/checkpoint.pt --key owner.key IMAGE [IMAGE ...]
+    python -m training.predict --checkpoint runs/RUN/checkpoint.pt --key owner.key IMAGE [IMAGE ...]
 
 The owner keeps the key; the server holds a model trained on ciphertexts. The image is read by
 lcrypt's rules, resized/cropped to the training image size, encrypted with the scheme recorded in the

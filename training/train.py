@@ -1,29 +1,35 @@
 """Train a classifier on an encrypted lcrypt dataset, on one CPU, one GPU or many (torchrun DDP).
 
     torchrun --nproc_per_node=N -m training.train --data DIR/manifest.json --model convmixer [...]
-    python -m training.train --data DIR --model resnet18 --adapt pe [...]          (one process)
+    lcrypt train --data DIR --model resnet18 --adapt pe [...]        (one process; = python -m training.train)
 
-Read as timm's train.py: :func:`train` checks and sets up (arguments -> dataset -> model -> ``--resume``
-checkpoint -> process group -> shards and the ``--out`` lock -> loaders -> optimiser, schedule, EMA,
-DDP), then each epoch calls :func:`train_one_epoch` (encrypted-domain augmentation from the manifest's
-scheme properties, bf16 autocast on CUDA, clipping, EMA) and :func:`validate` (the encrypted test
-split) and checkpoints, and the run ends with a summary. The parts live in :mod:`training.args` (flags
-and their checks), :mod:`training.data`, :mod:`training.models`, :mod:`training.optim`,
-:mod:`training.checkpoint` (loaded with ``weights_only=True``), :mod:`training.distributed` and
-:mod:`training.outdir`.
+Read as timm's train.py: :func:`train` checks and sets up (arguments -> dataset -> model -> run folder and
+``--resume`` checkpoint -> process group -> shards and the folder's lock -> loaders -> optimiser,
+schedule, EMA, DDP), then each epoch calls :func:`train_one_epoch` (encrypted-domain augmentation from
+the manifest's scheme properties, bf16 autocast on CUDA, clipping, EMA) and :func:`validate` (the
+encrypted test split) and checkpoints, and the run ends with a summary. The parts live in
+:mod:`training.args` (flags and their checks), :mod:`training.data`, :mod:`training.models` (lcrypt's
+models and any timm model), :mod:`training.runs` (which folder a run writes), :mod:`training.optim`,
+:mod:`training.checkpoint` (loaded with ``weights_only=True``), :mod:`training.distributed`,
+:mod:`training.outdir` (metrics, curves, summary) and :mod:`training.estimate` (the CPU warning).
+
+Each run writes into its own folder ``OUT/<date-time>-<scheme>-<model>`` (or ``OUT/<--name>``), never
+into another run's; ``--resume`` continues one (:mod:`training.runs`). In it: ``checkpoint.pt``,
+``run.json`` (run id, command, dataset, model), ``metrics.jsonl`` (epoch lines and ``"event": "step"``
+lines every ``--log-every`` steps, each with the run id), ``metrics.csv``, ``curves.png``, TensorBoard
+events with ``--tensorboard``, and ``summary.json`` (top-1, images/s, wall, device).
 
 Determinism: the data order is a function of (seed, epoch) (:mod:`loaders.plan`), augmentation draws
 from generators seeded by (seed, global step, rank), so ``--resume`` continues exactly where a run
-stopped. Outputs in ``--out``: ``checkpoint.pt``, ``metrics.jsonl`` (one JSON object per epoch, plus
-``"event": "step"`` lines every ``--log-every`` steps), ``summary.json`` (top-1, images/s, wall, device).
+stopped.
 
 Refusals are one line on stderr (``training.train: error: ...``) and exit status 2, and whatever can be
-checked is checked before ``--out`` is touched: numbers and model name, the dataset (manifest, splits,
-enough samples for a batch, every shard present with its manifest byte size), the model configuration
-and a ``--resume`` checkpoint (same key ids, scheme and parameters, image shape, classes and model
-architecture as this run). While a run uses ``--out`` it holds a lock there (``.lcrypt-train.lock``:
-pid, host, start time), so a second run into the same folder is refused, naming the first. Under
-torchrun every rank runs the checks and the ranks agree on the outcome, so all stop together, with
+checked is checked before anything is created: numbers and model name, the model on the dataset's image
+size, the dataset (manifest, splits, enough samples for a batch, every shard present with its manifest
+byte size), the run folder and a ``--resume`` checkpoint (same key ids, scheme and parameters, image
+shape, classes and model architecture as this run). While a run uses its folder it holds a lock there
+(``.lcrypt-train.lock``: pid, host, start time), so a second run into it is refused, naming the first.
+Under torchrun every rank runs the checks and the ranks agree on the outcome, so all stop together, with
 rank 0 printing the error; a shard found damaged while reading (short, altered, bad tar, an image of
 another size, a label outside the classes) stops its rank with a one-line error naming the shard, and
 torchrun then stops the others.
@@ -44,16 +50,19 @@ from typing import IO, Any, Callable, Sequence
 import torch
 from torch import nn
 
-from training.args import build_parser, check_arguments, model_config, model_options, splits_read
+from training import errors
+from training.args import build_parser, check_arguments, model_config, model_options
 from training.checkpoint import (CHECKPOINT, CheckpointError, Position, check_resume, checkpoint_state,
                                  load_resume, restore, run_identity, save_checkpoint)
-from training.data import READ_ERRORS, Loaders, create_loaders, open_dataset, scheme_info, shard_problem
-from training.distributed import (Process, agree, all_reduce_sum, finish, launched, peer_lost,
-                                  replica_digests, setup_distributed, stop_together, sync_buffers)
-from training.errors import TrainError
-from training.models import architecture, create_model
+from training.data import READ_ERRORS, Loaders, create_loaders, open_dataset, scheme_info
+from training.distributed import (Process, all_reduce_sum, finish, launched, peer_lost, replica_digests,
+                                  setup_distributed, sync_buffers)
+from training.errors import TrainError, warn
+from training.models import architecture, check_input, create_model, patch_mismatch
 from training.optim import create_ema, create_optimizer, create_scheduler
-from training.outdir import MetricsLog, OutLock, write_summary
+from training.outdir import MetricsLog, summarize, write_summary
+from training.estimate import cpu_estimate
+from training.runs import RunPlan, RunRecord, claim_folder, plan_run, run_config
 
 
 @dataclasses.dataclass
@@ -69,6 +78,7 @@ class Training:
     criterion: nn.Module
     amp: bool  # bf16 autocast (CUDA only)
     channels_last: bool
+    after_step: Callable[[int], None] | None = None  # told the steps taken so far (the CPU estimate)
 
     @property
     def evaluated(self) -> nn.Module:
@@ -78,9 +88,10 @@ class Training:
 
 @dataclasses.dataclass
 class Throughput:
-    """Training images (all ranks), the seconds spent in training steps, and the wall clock since the
-    first epoch began."""
+    """Training steps and images (all ranks) of this process's session, the seconds spent in training
+    steps, and the wall clock since the first epoch began."""
 
+    steps: int = 0
     images: int = 0
     seconds: float = 0.0
     started: float = dataclasses.field(default_factory=time.perf_counter)
@@ -94,9 +105,10 @@ class Throughput:
 
 
 # -- the run ------------------------------------------------------------------------------------------
-def run(argv: Sequence[str] | None = None) -> int:
+def run(argv: Sequence[str] | None = None, prog: str = "python -m training.train") -> int:
     """Train; a refusal is one line on stderr and exit status 2, with nothing created before it."""
-    args = build_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    errors.PROG[0] = prog.removeprefix("python -m ")
+    args = build_parser(__doc__.split("\n\n")[0], prog).parse_args(argv)
     try:
         return train(args, argv)
     except TrainError as exc:
@@ -105,19 +117,31 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    """Check everything that can be refused before ``--out`` is touched, lock ``--out``, then train."""
+    """Check everything that can be refused before anything is created, lock the run folder, train."""
     check_arguments(args)
     manifest, base = open_dataset(args, world=launched()[1])
     info = scheme_info(manifest)
     identity = run_identity(manifest, info, sorted(o.key_id for o in manifest.owners), model_config(args))
     model = build_model(args, manifest, info)
-    ckpt = load_checked_resume(args, manifest)
+    arch = architecture(args.model, args.adapt, args.adapt_block, **model_options(args))
+    config = run_config(identity, arch)
+    plan = plan_run(args, config)
+    ckpt = None
+    if plan.checkpoint is not None:
+        try:
+            ckpt = load_resume(plan.checkpoint)
+            check_resume(ckpt, str(plan.checkpoint), manifest, arch)
+        except CheckpointError as exc:
+            raise TrainError(str(exc)) from None
+        if ckpt["loader"]["epoch"] >= args.epochs:
+            if launched()[0] == 0:
+                print(f"run {plan.folder} has trained {ckpt['loader']['epoch']} epochs: nothing to do for "
+                      f"--epochs {args.epochs} (a larger --epochs continues it)", flush=True)
+            return 0
     proc = setup_distributed(args.device)
-    out = Path(args.out)
-    lock = OutLock(out)
-    claim_out(args, manifest, base, lock, proc)
+    folder, lock = claim_folder(args, manifest, base, plan, proc)
     try:
-        return train_locked(args, argv, identity, model, ckpt, proc, out)
+        return train_locked(args, argv, identity, config, model, ckpt, proc, folder, plan)
     except READ_ERRORS as exc:  # a shard found damaged while reading: this rank stops, naming it
         from loaders.dataset import loader_error_message
 
@@ -132,97 +156,75 @@ def train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 
 
 def build_model(args: argparse.Namespace, manifest, info: dict[str, Any]) -> nn.Module:
-    """The model (timm backbone, optional adaptation network), initialised from ``--seed``."""
+    """The model (lcrypt's or timm's, optional adaptation network), initialised from ``--seed`` and
+    refused unless it takes the dataset's image size; a warning when its patches miss the cipher's
+    blocks."""
     torch.manual_seed(args.seed)
+    size, block = manifest.image_shape[0], info.get("block_size")
     try:
-        return create_model(args.model, manifest.num_classes, manifest.image_shape[0], info.get("block_size"),
-                            adapt=args.adapt, **model_options(args))
+        model = create_model(args.model, manifest.num_classes, size, block, adapt=args.adapt,
+                             adapt_block=args.adapt_block, **model_options(args))
+        check_input(model, size)
     except ValueError as exc:
         raise TrainError(f"cannot build --model {args.model}: {exc}") from None
-
-
-def load_checked_resume(args: argparse.Namespace, manifest) -> dict | None:
-    """The ``--resume`` checkpoint, refused unless it is of this dataset and this architecture."""
-    try:
-        ckpt, path = load_resume(args.resume, Path(args.out))
-        if ckpt is not None:
-            check_resume(ckpt, path, manifest, architecture(args.model, args.adapt, **model_options(args)))
-    except CheckpointError as exc:
-        raise TrainError(str(exc)) from None
-    return ckpt
-
-
-def claim_out(args: argparse.Namespace, manifest, base: str, lock: OutLock, proc: Process) -> None:
-    """Every rank checks the shards, rank 0 takes the ``--out`` lock; on a problem all ranks stop."""
-    try:
-        if problem := agree(shard_problem(manifest, base, splits_read(args))):
-            raise TrainError(problem)
-        lock_error = None
-        if proc.is_main:
-            try:
-                lock.acquire()
-            except TrainError as exc:
-                lock_error = str(exc)
-        if lock_error := agree(lock_error):
-            raise TrainError(lock_error)
-        lock.out.mkdir(parents=True, exist_ok=True)  # other ranks: rank 0 made it (or another node did)
-    except TrainError as exc:
-        stop_together(exc, proc.rank)
-        raise
+    if (why := patch_mismatch(model, block)) and launched()[0] == 0:
+        warn(f"--model {args.model}: {why}")
+    return model
 
 
 def train_locked(args: argparse.Namespace, argv: Sequence[str] | None, identity: dict[str, Any],
-                 model: nn.Module, ckpt: dict | None, proc: Process, out: Path) -> int:
-    """The run itself, once every check passed and ``--out`` is locked."""
+                 config: dict[str, Any], model: nn.Module, ckpt: dict | None, proc: Process, folder: Path,
+                 plan: RunPlan) -> int:
+    """The run itself, once every check passed and its folder is locked."""
     if proc.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     t_setup = time.perf_counter()
+    record = RunRecord(folder, config, args, argv, proc.is_main)
+    metrics = MetricsLog(folder, record.run_id, proc.is_main, args.tensorboard, record.write_once)
     data = create_loaders(args, proc, identity["key_ids"])
     t, pos = setup_training(args, identity, model, ckpt, proc, data.steps_per_epoch)
+    if plan.resumed:
+        metrics.resume(pos.epoch, pos.global_step)
+    if proc.device.type == "cpu" and proc.is_main:
+        t.after_step = cpu_estimate(args, identity, data.steps_per_epoch, model_options(args)).after_step
     setup_s = time.perf_counter() - t_setup
     if proc.is_main and not args.quiet:
         print(f"training {args.model}{'+' + args.adapt if args.adapt != 'none' else ''} on "
               f"{identity['dataset']} ({identity['scheme']} {identity['scheme_params']}, keys "
               f"{identity['key_ids']}) | {proc.world} x {proc.device.type} | {data.train_ds.num_samples} "
               f"train samples, {data.steps_per_epoch} steps/epoch x {args.epochs} | "
-              f"augment: {', '.join(t.augment.describe()) or 'none'}", flush=True)
+              f"augment: {', '.join(t.augment.describe()) or 'none'} | run {record.run_id}: {folder}",
+              flush=True)
 
     def save(at: Position) -> None:
         if proc.is_main:
+            record.write_once()
             loader = {**data.train_ds.state_dict(at.step), "epoch": at.epoch, "batch_size": args.batch_size}
             state = checkpoint_state(t.model, t.optimizer, t.scheduler, t.ema, loader, at.global_step,
                                      identity, args)
-            save_checkpoint(out / CHECKPOINT, state)
+            save_checkpoint(folder / CHECKPOINT, state)
 
     speed = Throughput()
-    results, stopped = train_epochs(args, t, data, pos, proc, speed, save, MetricsLog(out, proc.is_main), out)
+    stopped = train_epochs(args, t, data, pos, proc, speed, save, metrics, folder)
     wall = speed.wall()
     sync_buffers(t.model)
     digests = replica_digests(t.model, proc.world)
     if proc.is_main and not stopped:
-        timing = {"images_per_s": speed.per_s, "train_s": speed.seconds, "wall_s": wall, "setup_s": setup_s}
-        summary = summarize(args, argv, identity, proc, results[-1] if results else {}, pos.global_step,
-                            timing, digests, out / CHECKPOINT)
-        write_summary(out, summary, out / CHECKPOINT)
+        cuda = proc.device.type == "cuda"
+        last = metrics.epochs[-1] if metrics.epochs else {}
+        summary = summarize(
+            last, identity, {"run": record.run_id, "run_dir": str(folder)}, epochs=args.epochs,
+            steps=pos.global_step, images_per_s=speed.per_s, train_s=speed.seconds,
+            wall_s=wall, setup_s=setup_s, world=proc.world, param_digests=digests,
+            device=torch.cuda.get_device_name(proc.device) if cuda else f"cpu ({os.cpu_count()} cores)",
+            checkpoint=str(folder / CHECKPOINT), date=_dt.date.today().isoformat(),
+            command=" ".join(sys.argv) if argv is None else " ".join(argv))
+        write_summary(folder, summary, folder / CHECKPOINT)
+    metrics.close()
     finish()
     return 0
-
-
-def summarize(args: argparse.Namespace, argv: Sequence[str] | None, identity: dict[str, Any], proc: Process,
-              last: dict[str, Any], steps: int, timing: dict[str, float], digests: list[str],
-              checkpoint: Path) -> dict[str, Any]:
-    """``summary.json``: the last epoch's results, speed, device, model, data and how the run was started."""
-    cuda = proc.device.type == "cuda"
-    return {"top1": last.get("test_top1"), "test_loss": last.get("test_loss"),
-            "train_loss": last.get("train_loss"), "epochs": args.epochs, "steps": steps, **timing,
-            "device": torch.cuda.get_device_name(proc.device) if cuda else f"cpu ({os.cpu_count()} cores)",
-            "world": proc.world, "model": identity["model_config"], "scheme": identity["scheme"],
-            "scheme_params": identity["scheme_params"], "key_ids": identity["key_ids"],
-            "dataset": identity["dataset"], "param_digests": digests, "checkpoint": str(checkpoint),
-            "command": " ".join(sys.argv) if argv is None else " ".join(argv),
-            "date": _dt.date.today().isoformat()}
 
 
 def setup_training(args: argparse.Namespace, identity: dict[str, Any], model: nn.Module, ckpt: dict | None,
@@ -261,12 +263,11 @@ def setup_training(args: argparse.Namespace, identity: dict[str, Any], model: nn
 
 # -- the loop -----------------------------------------------------------------------------------------
 def train_epochs(args: argparse.Namespace, t: Training, data: Loaders, pos: Position, proc: Process,
-                 speed: Throughput, save: Callable[[Position], None], metrics: MetricsLog, out: Path
-                 ) -> tuple[list[dict], bool]:
-    """Epochs from ``pos`` to ``--epochs``: train, validate, log and checkpoint each; returns the epoch
-    rows and whether ``--stop-after-steps`` stopped the run."""
-    trace = open(out / f"samples-rank{proc.rank}.jsonl", "a") if args.trace_samples else None
-    results: list[dict] = []
+                 speed: Throughput, save: Callable[[Position], None], metrics: MetricsLog, folder: Path
+                 ) -> bool:
+    """Epochs from ``pos`` to ``--epochs``: train, validate, log and checkpoint each; returns whether
+    ``--stop-after-steps`` stopped the run."""
+    trace = open(folder / f"samples-rank{proc.rank}.jsonl", "a") if args.trace_samples else None
     stopped = False
     t.forward.train()
     while pos.epoch < args.epochs and not stopped:
@@ -282,7 +283,6 @@ def train_epochs(args: argparse.Namespace, t: Training, data: Loaders, pos: Posi
         if data.test is not None:
             ev = validate(t.evaluated, data.test, data.test_ds, proc.device, t.amp, t.channels_last)
             row.update(test_top1=ev["top1"], test_loss=ev["loss"], test_count=ev["count"])
-        results.append(row)
         metrics.write(row)
         if proc.is_main and not args.quiet:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
@@ -291,7 +291,7 @@ def train_epochs(args: argparse.Namespace, t: Training, data: Loaders, pos: Posi
         save(pos)
     if trace is not None:
         trace.close()
-    return results, stopped
+    return stopped
 
 
 def train_one_epoch(args: argparse.Namespace, t: Training, data: Loaders, pos: Position, proc: Process,
@@ -336,15 +336,18 @@ def train_one_epoch(args: argparse.Namespace, t: Training, data: Loaders, pos: P
         pos.global_step += 1
         pos.step += 1
         speed.images += len(y) * proc.world
+        speed.steps += 1
+        if t.after_step is not None:
+            t.after_step(speed.steps)
         if trace is not None:
             keys = batch["key"] if "key" in batch else batch["index"].tolist()
-            trace.write(json.dumps({"epoch": pos.epoch, "step": pos.step - 1, "keys": keys}) + "\n")
+            trace.write(json.dumps({"epoch": pos.epoch + 1, "step": pos.step - 1, "keys": keys}) + "\n")
         if bar is not None:
             bar.update(1)
             if pos.global_step % args.log_every == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{t.scheduler.get_last_lr()[0]:.2e}")
         if pos.global_step % args.log_every == 0:
-            metrics.write({"event": "step", "step": pos.global_step, "epoch": pos.epoch,
+            metrics.write({"event": "step", "step": pos.global_step, "epoch": pos.epoch + 1,
                            "loss": float(loss.item()), "lr": t.scheduler.get_last_lr()[0]})
         if args.ckpt_every and pos.global_step % args.ckpt_every == 0:
             save(pos)

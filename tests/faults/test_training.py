@@ -32,7 +32,7 @@ from loaders import plan as planning
 from loaders.dataset import ShardDataset
 from loaders.gpu import GPUResident
 from tests.test_loader import make_dataset
-from tests.test_train import ROOT, torchrun
+from tests.test_train import ROOT, run_dir, torchrun
 
 MODEL = ["--model", "convmixer", "--width", "16", "--depth", "2", "--kernel", "3", "--seed", "7", "--quiet"]
 FAST = [*MODEL, "--batch-size", "4", "--epochs", "1", "--test-split", "none"]
@@ -120,9 +120,9 @@ def trained(data):
     """One real training run on ``data`` (its checkpoint is what --resume and predict tests use)."""
     from training.train import run
 
-    out = data["root"] / "run"
+    out = data["root"] / "runs"
     assert run([str(a) for a in ["--data", data["data"], "--out", out, *FAST]]) == 0
-    return out
+    return run_dir(out)
 
 
 def copy_data(data, tmp_path: Path) -> Path:
@@ -280,7 +280,8 @@ def test_torchrun_edited_manifest_count_stops_the_run_without_hanging(data, tmp_
 
 # -- 3. one-line errors for training and predict -------------------------------------------------------
 @pytest.mark.parametrize("args, match", [
-    (["--model", "nope"], r"unknown --model 'nope'; choose one of convmixer"),
+    (["--adapt", "block"], r"--adapt block needs a block size and the scheme has none: give --adapt-block"),
+    (["--name", "a/b"], r"--name 'a/b' is not a folder name"),
     (["--epochs", "0"], r"--epochs 0 is out of range: it must be at least 1"),
     (["--batch-size", "0"], r"--batch-size 0 is out of range"),
     (["--log-every", "0"], r"--log-every 0 is out of range"),
@@ -292,6 +293,35 @@ def test_bad_arguments_are_one_line_and_create_nothing(data, tmp_path, capsys, a
     rc, err = train(capsys, "--data", data["data"], "--out", out, *FAST, *args)
     refused(rc, err, match=match)
     assert snapshot(out) is None
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--model", "nope"], r"unknown --model 'nope': neither lcrypt's \(convmixer, resnet18, vit\) nor a timm "
+                          r"model; no close match"),
+    (["--model", "mobilenetv3_small"], r"unknown --model 'mobilenetv3_small': .*close matches: "
+                                       r"mobilenetv3_small_\d+, "),
+    (["--model", "inception_v3"], r"cannot build --model inception_v3: it cannot take the dataset's 16x16 "
+                                  r"images: "),
+    (["--model", "resnet10t", "--width", "8"], r"--width does not apply to resnet10t \(a timm model's size "
+                                               r"comes with its name"),
+    (["--model", "resnet10t", "--patch", "4"], r"--patch does not apply to resnet10t: it has no patch size"),
+    (["--model", "resnet18", "--kernel", "3"], r"--kernel does not apply to resnet18 \(it takes no model"),
+])
+def test_bad_models_are_one_line_and_create_nothing(data, tmp_path, capsys, args, match):
+    out = tmp_path / "out"
+    rc, err = train(capsys, "--data", data["data"], "--out", out, "--batch-size", "4", "--quiet", *args)
+    refused(rc, err, match=match)
+    assert snapshot(out) is None
+
+
+def test_dataset_without_a_test_split_is_refused_when_evaluation_is_asked(tmp_path, capsys):
+    train_only, _ = make_dataset(tmp_path, per_class={"train": 4})
+    out = tmp_path / "out"
+    rc, err = train(capsys, "--data", train_only, "--out", out, *MODEL, "--batch-size", "4")
+    refused(rc, err, match=r"has no split 'test' \(splits: train\); .*'none' skips evaluation")
+    assert snapshot(out) is None
+    rc, _ = train(capsys, "--data", train_only, "--out", out, *FAST)  # FAST: --test-split none
+    assert rc == 0 and len(list(out.iterdir())) == 1
 
 
 def test_missing_data_is_one_line_and_creates_nothing(tmp_path, capsys):
@@ -397,14 +427,17 @@ def test_predict_refuses_in_one_line(data, trained, tmp_path, capsys):
         assert snapshot(tmp_path) == before
 
 
-# -- 4. two runs into one --out ----------------------------------------------------------------------
-def test_second_run_into_a_busy_out_is_refused_naming_the_first(data, tmp_path, capsys):
+# -- 4. two runs into one run folder ---------------------------------------------------------------
+RUN_FILES = {"checkpoint.pt", "run.json", "metrics.jsonl", "metrics.csv", "curves.png", "summary.json"}
+
+
+def test_second_run_into_a_busy_run_folder_is_refused_naming_the_first(data, tmp_path, capsys):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "training.train", "--data", str(data["data"]), "--out", str(out), *MODEL,
-           "--batch-size", "4", "--epochs", "1000", "--test-split", "none"]
+    cmd = [sys.executable, "-m", "training.train", "--data", str(data["data"]), "--out", str(out), "--name",
+           "busy", *MODEL, "--batch-size", "4", "--epochs", "1000", "--test-split", "none"]
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lock = out / ".lcrypt-train.lock"
+    lock = out / "busy" / ".lcrypt-train.lock"
     try:
         deadline = time.monotonic() + 120
         while not (lock.exists() and lock.read_text().strip()):
@@ -412,19 +445,25 @@ def test_second_run_into_a_busy_out_is_refused_naming_the_first(data, tmp_path, 
             time.sleep(0.2)
         holder = lock.read_bytes()
         assert json.loads(holder)["pid"] == first.pid
-        files = set(snapshot(out))
-        rc, err = train(capsys, "--data", data["data"], "--out", out, *FAST)
-        refused(rc, err, match=rf"--out {re.escape(str(out))} is in use by another training run "
-                               rf"\(pid {first.pid} on host \S+, started \d{{4}}-\d\d-\d\dT")
+        for resume in ([], ["--resume", "auto", "--epochs", "100000"]):  # a new run, or continuing it
+            rc, err = train(capsys, "--data", data["data"], "--out", out, "--name", "busy", *FAST, *resume)
+            refused(rc, err, match=rf"(the run folder {re.escape(str(out / 'busy'))} is in use by another "
+                                   rf"training run \(pid {first.pid} on host \S+, started \d{{4}}-\d\d-\d\dT"
+                                   rf"|--name busy: .* already holds a run; continue it with --resume auto)")
         assert lock.read_bytes() == holder  # the holder's record is untouched
-        first_runs = {"checkpoint.pt", ".checkpoint.pt.tmp", "metrics.jsonl"}
-        assert set(snapshot(out)) <= files | first_runs  # only the first run writes
+        written = {Path(f).name for f in snapshot(out)}  # only the first run writes, only its own files
+        assert all(n in RUN_FILES | {".lcrypt-train.lock"} or n.endswith(".tmp") for n in written), written
+        assert [p.name for p in out.iterdir()] == ["busy"]
     finally:
         first.send_signal(signal.SIGTERM)
         rc = first.wait(timeout=60)
     assert rc == 128 + signal.SIGTERM and not lock.exists()  # stopped, and its lock file went with it
-    rc, err = train(capsys, "--data", data["data"], "--out", out, *FAST)  # the folder is free again
-    assert rc == 0 and not lock.exists()
+    ckpt = out / "busy" / "checkpoint.pt"  # absent when the first run was stopped in its first epoch
+    step = torch.load(ckpt, weights_only=True)["global_step"] if ckpt.exists() else 0
+    rc, err = train(capsys, "--data", data["data"], "--out", out, "--name", "busy", "--resume", "auto", *FAST,
+                    "--epochs", "100000", "--stop-after-steps", step + 1)
+    assert rc == 0 and not lock.exists()  # the folder is free again: its run continued by one step
+    assert torch.load(ckpt, weights_only=True)["global_step"] == step + 1
 
 
 def test_lock_is_taken_over_from_a_dead_run_and_released(tmp_path):
@@ -452,16 +491,16 @@ def test_torchrun_into_a_busy_out_stops_every_rank(data, tmp_path):
     from training.outdir import OutLock
 
     out = tmp_path / "out"
-    lock = OutLock(out)
+    lock = OutLock(out / "busy")
     lock.acquire()
     try:
-        holder = (out / ".lcrypt-train.lock").read_bytes()
-        proc = torchrun(data["data"], out, "--epochs", "1", check=False)
+        holder = (out / "busy" / ".lcrypt-train.lock").read_bytes()
+        proc = torchrun(data["data"], out, "--epochs", "1", "--name", "busy", check=False)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("training.train: error:")]
         assert proc.returncode != 0 and len(errors) == 1, proc.stderr[-3000:]
         assert f"is in use by another training run (pid {os.getpid()}" in errors[0]
         assert not rank_tracebacks(proc.stderr), proc.stderr[-3000:]
-        assert snapshot(out) == {".lcrypt-train.lock": holder}
+        assert snapshot(out) == {"busy/.lcrypt-train.lock": holder}
     finally:
         lock.release()
 
@@ -487,22 +526,27 @@ def same_key_datasets(data):
                                 r"the checkpoint's --width 16"),
     ("same", ["--adapt", "pe"], r"--adapt none, but this run asks for --adapt pe"),
     ("same", ["--model", "resnet18"], r"--model convmixer, but this run asks for --model resnet18"),
+    ("same", ["--model", "resnet10t"], r"--model convmixer, but this run asks for --model resnet10t"),
 ])
 def test_resume_refuses_another_dataset_or_model(data, trained, same_key_datasets, tmp_path, capsys, case,
                                                  extra, match):
-    out = tmp_path / "run"
-    shutil.copytree(trained, out)
-    before = snapshot(out)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = snapshot(run)
     target = data["data"] if case == "same" else same_key_datasets[case]
-    rc, err = train(capsys, "--data", target, "--out", out, *FAST, "--epochs", "2", "--resume", "auto",
-                    *extra)
+    model = MODEL if "--model" not in extra else ["--seed", "7", "--quiet"]  # resnets take no --width
+    rc, err = train(capsys, "--data", target, "--out", tmp_path / "runs", *model, "--batch-size", "4",
+                    "--test-split", "none", "--epochs", "2", "--resume", run, *extra)
     refused(rc, err, match=match)
-    assert snapshot(out) == before
+    assert snapshot(run) == before and not (tmp_path / "runs").exists()
 
 
 def test_resume_on_the_same_run_still_continues(data, trained, tmp_path, capsys):
-    out = tmp_path / "run"
-    shutil.copytree(trained, out)
-    rc, _ = train(capsys, "--data", data["data"], "--out", out, *FAST, "--epochs", "2", "--resume", "auto")
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    rc, _ = train(capsys, "--data", data["data"], *FAST, "--epochs", "2", "--resume", run)
     assert rc == 0
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["loader"]["epoch"] == 2
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["loader"]["epoch"] == 2
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["event"] == "epoch"] == [1, 2]
+    assert {r["run"] for r in lines} == {json.loads((run / "run.json").read_text())["run"]}  # one run
