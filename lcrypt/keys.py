@@ -229,3 +229,30 @@ class Key:
 
     def __setstate__(self, state):
         Key.__init__(self, state["secret"], state["owner"], state["created"])
+
+
+def load_key_files(spec: str | os.PathLike) -> dict[str, tuple[Key, Path]]:
+    """``{owner: (key, key file)}`` named by ``spec``: one key file, or an owners file as ``lcrypt prepare
+    --keys`` reads it (``{"owner": {"key": "a.key", ...}}``, optionally under ``"owners"``; key paths
+    relative to the owners file), each key loaded for its owner."""
+    path = Path(spec)
+    try:
+        body = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KeyFileError(f"{path} not found; create a key with `lcrypt keygen --owner NAME --out {path}`"
+                           ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise KeyFileError(f"{path} is neither a key file nor an owners JSON file") from None
+    if isinstance(body, dict) and str(body.get("format", "")).startswith("lcrypt-key"):
+        key = Key.load(path)
+        return {key.owner: (key, path)}
+    owners = body.get("owners", body) if isinstance(body, dict) else None
+    if not isinstance(owners, dict) or not owners:
+        raise KeyFileError(f"{path}: an owners file maps owner names to {{\"key\": KEY_FILE, ...}}")
+    out = {}
+    for owner, entry in owners.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            raise KeyFileError(f"{path}: owner {owner!r} needs \"key\" (a key file)")
+        kpath = Path(entry["key"]) if Path(entry["key"]).is_absolute() else path.parent / entry["key"]
+        out[owner] = (Key.load(kpath, owner=owner), kpath)
+    return out
