@@ -327,3 +327,15 @@ def test_bad_input_is_one_line_and_writes_nothing(ds, released, tmp_path, capsys
     assert code == 2 and err.count("\n") == 1 and err.startswith("lcrypt release: error:"), err
     assert needle in err and "Traceback" not in err, err
     assert tree(target) == before_target and tree(data) == before_data
+
+
+def test_owner_configs_match_only_their_owners_shards():
+    from fnmatch import fnmatch
+
+    from lcrypt.release.card import owner_config, shard_glob
+
+    assert fnmatch("train/a-000003.tar", shard_glob("train", "a"))
+    assert not fnmatch("train/a-b-000003.tar", shard_glob("train", "a"))  # owner "a-b" is not "a"
+    assert not fnmatch("test/a-000003.tar", shard_glob("train", "a"))
+    assert fnmatch("train/a-b-000003.tar", shard_glob("train", None))
+    assert owner_config("default") == "owner-default" and owner_config("a") == "a"

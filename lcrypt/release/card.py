@@ -151,8 +151,9 @@ def _keys_section(m: Manifest, facts: CardFacts) -> list[str]:
 
 
 def _training_section(m: Manifest) -> list[str]:
-    lines = ["## Train on it", "", "Run from this folder. With lcrypt's trainer (it checks every shard "
-             "against the manifest and applies only the augmentations the scheme keeps):", "", "```bash",
+    lines = ["## Train on it", "", "Run these from this folder (runs go to `../runs`, beside it). With "
+             "lcrypt's trainer (it checks every shard against the manifest and applies only the "
+             "augmentations the scheme keeps):", "", "```bash",
              lcrypt_train_command(m), "```", ""]
     try:
         timm = timm_command(m)

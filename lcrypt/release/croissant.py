@@ -6,7 +6,8 @@ Resources: one ``FileObject`` per shard (a tar, with its sha256 and size), ``ind
 * ``classes``: the class names (an enumeration, inline: index, name);
 * ``samples``: one record per sample from index.parquet (key, split, owner, shard, label), the label
   referencing ``classes``;
-* ``images``: one record per image member of the shards (key, the encrypted image).
+* ``images``: one record per image member of the shards (key, the encrypted image); png and jpeg only,
+  as mlcroissant reads no .npy member.
 
 ``samples`` and ``images`` share the sample key; they are two record sets rather than one joined set
 because mlcroissant cannot join a set read from archive members with a table (``Join`` fails on it).
@@ -34,7 +35,7 @@ CONTEXT = {
     "samplingRate": "cr:samplingRate", "sc": "https://schema.org/", "separator": "cr:separator",
     "source": "cr:source", "subField": "cr:subField", "transform": "cr:transform",
 }
-MIME = {"png": "image/png", "jpg": "image/jpeg", "npy": "application/x-npy"}
+MIME = {"png": "image/png", "jpg": "image/jpeg"}
 
 
 def _field(record_set: str, name: str, data_type: str, source: dict[str, Any], **extra: Any
@@ -57,12 +58,7 @@ def croissant(m: Manifest, digests: Mapping[str, str], facts: Mapping[str, Any])
     files += [{"@type": "cr:FileObject", "@id": name, "name": name, "contentUrl": name,
                "encodingFormat": mime, "sha256": digests[name]}
               for name, mime in ((INDEX_NAME, "application/x-parquet"), (MANIFEST_NAME, "application/json"))]
-    files.append({"@type": "cr:FileSet", "@id": "image-members", "name": "image-members",
-                  "description": f"the encrypted {ext} members of every shard",
-                  "containedIn": [{"@id": s.path} for s in m.shards], "encodingFormat": MIME[ext],
-                  "includes": f"*.{ext}"})
-    member = {"fileSet": {"@id": "image-members"}}
-    image_type = "sc:ImageObject" if ext != "npy" else "sc:Text"
+    images = ext != "npy"  # mlcroissant reads no .npy member (it yields nothing): describe none
     record_sets = [
         {"@type": "cr:RecordSet", "@id": "classes", "name": "classes", "dataType": "sc:Enumeration",
          "description": "the class names; index = label", "key": {"@id": "classes/index"},
@@ -77,14 +73,21 @@ def croissant(m: Manifest, digests: Mapping[str, str], facts: Mapping[str, Any])
                    _field("samples", "shard", "sc:Text", _column("shard")),
                    _field("samples", "label", "sc:Integer", _column("label"),
                           references={"field": {"@id": "classes/index"}})]},
-        {"@type": "cr:RecordSet", "@id": "images", "name": "images", "key": {"@id": "images/key"},
-         "description": f"the encrypted images, one per {ext} member of the shards",
-         "field": [_field("images", "key", "sc:Text",
-                          {**member, "extract": {"fileProperty": "filename"},
-                           "transform": {"regex": f"^([0-9a-f]+)\\.{ext}$"}}),
-                   _field("images", "image", image_type,
-                          {**member, "extract": {"fileProperty": "content"}})]},
     ]
+    if images:
+        files.append({"@type": "cr:FileSet", "@id": "image-members", "name": "image-members",
+                      "description": f"the encrypted {ext} members of every shard",
+                      "containedIn": [{"@id": s.path} for s in m.shards], "encodingFormat": MIME[ext],
+                      "includes": f"*.{ext}"})
+        member = {"fileSet": {"@id": "image-members"}}
+        key_source = {**member, "extract": {"fileProperty": "filename"},
+                      "transform": {"regex": f"^([0-9a-f]+)\\.{ext}$"}}
+        record_sets.append(
+            {"@type": "cr:RecordSet", "@id": "images", "name": "images", "key": {"@id": "images/key"},
+             "description": f"the encrypted images, one per {ext} member of the shards",
+             "field": [_field("images", "key", "sc:Text", key_source),
+                       _field("images", "image", "sc:ImageObject",
+                              {**member, "extract": {"fileProperty": "content"}})]})
     doc = {"@context": CONTEXT, "@type": "sc:Dataset", "conformsTo": CONFORMS_TO, "name": m.name,
            "description": facts["description"], "version": facts["version"],
            "license": f"https://spdx.org/licenses/{facts['license']}.html",

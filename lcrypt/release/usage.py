@@ -20,6 +20,7 @@ TRAIN_SPLITS = ("train", "training")
 VAL_SPLITS = ("validation", "val", "valid", "test", "testing", "dev", "eval", "evaluation")
 NORMALISE = ("0.5", "0.5", "0.5")
 TIMM_MODEL = "resnet18"
+RUNS = "../runs"  # beside the release folder: nothing is written into it
 
 
 def splits_for_training(m: Manifest) -> tuple[str, str]:
@@ -42,17 +43,19 @@ def timm_train_args(m: Manifest, data_dir: str = ".") -> list[str]:
             "--mean", *NORMALISE, "--std", *NORMALISE, "--crop-pct", "1.0", "--no-aug"]
 
 
-def timm_command(m: Manifest, data_dir: str = ".", model: str = TIMM_MODEL) -> str:
-    """``python train.py --model MODEL ...``: timm's training script on ``m`` (one line, shell-quoted)."""
-    return shlex.join(["python", "train.py", "--model", model, *timm_train_args(m, data_dir)])
+def timm_command(m: Manifest, data_dir: str = ".", model: str = TIMM_MODEL, output: str = RUNS) -> str:
+    """``python train.py --model MODEL ...``: timm's training script on ``m`` (one line, shell-quoted);
+    its checkpoints go to ``output`` (outside the release folder, which holds only what was released)."""
+    return shlex.join(["python", "train.py", "--model", model, *timm_train_args(m, data_dir),
+                       "--output", output])
 
 
-def lcrypt_train_command(m: Manifest, data_dir: str = ".") -> str:
+def lcrypt_train_command(m: Manifest, data_dir: str = ".", output: str = RUNS) -> str:
     """lcrypt's trainer on ``m``: it normalises, augments by the scheme's rules and checks every shard."""
     train, val = splits_for_training(m)
     return shlex.join(["python", "-m", "training.train", "--data", data_dir, "--model", "convmixer",
                        "--train-split", train, "--test-split", val if val != train else "none",
-                       "--epochs", "10", "--out", f"runs/{m.name}"])
+                       "--epochs", "10", "--out", f"{output}/{m.name}"])
 
 
 def datasets_snippet(m: Manifest, data: str | None = None) -> str:
