@@ -339,3 +339,39 @@ def test_owner_configs_match_only_their_owners_shards():
     assert not fnmatch("test/a-000003.tar", shard_glob("train", "a"))
     assert fnmatch("train/a-b-000003.tar", shard_glob("train", None))
     assert owner_config("default") == "owner-default" and owner_config("a") == "a"
+
+
+def test_shards_are_hard_links_on_one_file_system_and_copies_elsewhere(ds, released, tmp_path, monkeypatch):
+    import os
+
+    m = Manifest.load(ds["data"])
+    for s in m.shards:  # linked: no second copy to write; lcrypt never changes a shard in place
+        assert os.path.samefile(released / s.path, ds["data"] / s.path)
+
+    def no_links(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert release(ds, tmp_path / "rel", "--unsigned") == 0
+    for s in m.shards:
+        copy_ = tmp_path / "rel" / "1.0.0" / s.path
+        assert not os.path.samefile(copy_, ds["data"] / s.path)
+        assert copy_.read_bytes() == (ds["data"] / s.path).read_bytes()
+    assert check(tmp_path / "rel" / "1.0.0").problems == []
+
+
+def test_a_refused_release_to_an_object_store_leaves_nothing_there(ds, tmp_path, capsys):
+    fsspec = pytest.importorskip("fsspec")
+    data = tmp_path / "data"
+    shutil.copytree(ds["data"], data)
+    shard = data / Manifest.load(data).shards[-1].path  # the last one: others are written before it fails
+    raw = bytearray(shard.read_bytes())
+    raw[700] ^= 1
+    shard.write_bytes(bytes(raw))
+    url = f"memory://lcrypt-refused-{tmp_path.name}"
+    capsys.readouterr()
+    assert lcrypt(["release", str(data), "--version", "1.0.0", "--license", "MIT", "--unsigned", "--out",
+                   url]) == 2
+    assert "fails verify" in capsys.readouterr().err
+    fs = fsspec.filesystem("memory")
+    assert not fs.exists(f"{url}/1.0.0") or fs.find(f"{url}/1.0.0") == []

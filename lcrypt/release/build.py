@@ -3,7 +3,11 @@ sign, and make the version folder appear complete or not at all.
 
 Everything is checked before anything is written (:func:`lcrypt.verify.publish_problems`, the version,
 the license, the keys against the manifest's key ids); each shard's size and sha256 are checked against
-the manifest while it is copied, so every byte is read once. A local ``TARGET`` gets the release in
+the manifest as it is published, so every byte is read once. On the same local file system a shard is
+published as a hard link to the dataset's (no second copy of the data to write and flush: a release of
+a large dataset costs about one sha256 of it); lcrypt never changes a shard in place (every write is a
+new file renamed into place), so the two names keep the same bytes; elsewhere it is copied. What is
+hashed is the published file itself. A local ``TARGET`` gets the release in
 ``TARGET/.staging-X.Y.Z-<random>/``, renamed to ``TARGET/X.Y.Z`` at the end; on a remote one (an object
 store has no rename) the files go straight under ``TARGET/X.Y.Z/``, manifest.json and then README.md
 last, and a failure deletes what this run wrote there. A version folder that exists is never touched.
@@ -15,6 +19,7 @@ import collections
 import dataclasses
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -27,7 +32,8 @@ from lcrypt import __version__
 from lcrypt.errors import UserError
 from lcrypt.format import (CARD_NAME, CROISSANT_NAME, ERRORS_NAME, INDEX_NAME, MANIFEST_NAME, PREVIEW_NAME,
                            PUBLIC_KEYS_NAME, REJECTIONS_NAME, RELEASE_INFO_NAME, SIGNATURES_DIR, SUMS_NAME,
-                           TIMM_INFO_NAME, Manifest, ManifestError, decode_samples, read_samples)
+                           TIMM_INFO_NAME, Manifest, ManifestError, decode_samples, group_members,
+                           make_sample)
 from lcrypt.keys import Key
 from lcrypt.preview import png_bytes, sample_grid
 from lcrypt.release.card import CardFacts, card_text
@@ -36,6 +42,7 @@ from lcrypt.release.versions import plan_version
 from lcrypt.signatures import (RELEASE_INFO_FORMAT, SIG_EXT, public_key_of, public_keys_json, sha256sums,
                                signature_json, statement)
 from lcrypt.storage import LocalStorage, Storage, is_remote, join, local_path, storage_for
+from lcrypt.tarstream import iter_members
 from lcrypt.verify import publish_problems
 
 LICENSE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]*$")  # an SPDX identifier, e.g. CC-BY-4.0, LicenseRef-x
@@ -122,13 +129,12 @@ def rejection_counts(dataset: str, store: Storage) -> dict[str, dict]:
 
 
 def preview_png(m: Manifest, dataset: str, store: Storage) -> bytes:
-    """A grid of the first samples of the first shard: what anyone who holds the release sees."""
+    """A grid of the first samples of the first shard (only those are read): what anyone who holds the
+    release sees."""
     entry = m.shards[0]
-    samples = []
-    for sample in read_samples(store.read_bytes(join(dataset, entry.path)), entry.path):
-        samples.append(sample)
-        if len(samples) == PREVIEW_SAMPLES:
-            break
+    with store.open(join(dataset, entry.path)) as f:
+        members = itertools.islice(iter_members(f), 2 * PREVIEW_SAMPLES)
+        samples = [make_sample(key, parts, entry.path) for key, parts in group_members(members, entry.path)]
     images, _ = decode_samples(samples, m.image_shape, m.num_classes)
     return png_bytes(sample_grid(images))
 
@@ -142,6 +148,21 @@ class _Out:
         self.local = isinstance(store, LocalStorage)
         self.root = join(target, f".staging-{version}-{secrets.token_hex(4)}") if self.local else self.final
         self.written: list[str] = []
+
+    def link(self, rel: str, source: str) -> str | None:
+        """Publish ``source`` as ``rel`` by a hard link: the sha256 of the linked file, or None when the
+        target is remote or on another file system (copy it then)."""
+        if not self.local or is_remote(source):
+            return None
+        path = local_path(join(self.root, *rel.split("/")))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.link(local_path(source), path)
+        except OSError:  # another device, a file system without hard links, too many links
+            return None
+        self.written.append(rel)
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
 
     def write(self, rel: str, data: bytes) -> None:
         path = join(self.root, *rel.split("/"))
@@ -214,24 +235,28 @@ def make_release(dataset: str, target: str, spec: ReleaseSpec,
 
 def _copy_dataset(m: Manifest, dataset: str, src: Storage, out: _Out,
                   progress: Callable[[str], None] | None) -> tuple[dict[str, str], int]:
-    """Copy the manifest's shards (each checked against its entry), index.parquet and _info.json, hashing
-    each once. ``({file: sha256}, bytes)``."""
+    """Publish the manifest's shards (linked or copied, each checked against its entry), index.parquet and
+    _info.json, hashing each once. ``({file: sha256}, bytes)``."""
 
-    def copy(entry) -> tuple[str, str, int]:
-        data = src.read_bytes(join(dataset, entry.path))
-        digest = hashlib.sha256(data).hexdigest()
-        if len(data) != entry.bytes or digest != entry.sha256:
-            raise UserError(f"{dataset} fails verify: {entry.path} has {len(data)} bytes and sha256 "
-                            f"{digest[:16]}…, the manifest says {entry.bytes} and {entry.sha256[:16]}…; "
-                            "restore the shard or re-run `lcrypt prepare`")
-        out.write(entry.path, data)
+    def publish(entry) -> tuple[str, str, int]:
+        source = join(dataset, entry.path)
+        digest = out.link(entry.path, source)
+        if digest is None:
+            data = src.read_bytes(source)
+            digest = hashlib.sha256(data).hexdigest()
+            if digest == entry.sha256:
+                out.write(entry.path, data)
+        if digest != entry.sha256:  # equal digests are equal sizes
+            raise UserError(f"{dataset} fails verify: {entry.path} has sha256 {digest[:16]}…, the manifest "
+                            f"says {entry.sha256[:16]}… ({entry.bytes} bytes); restore the shard or re-run "
+                            "`lcrypt prepare`")
         if progress:
             progress(entry.path)
-        return entry.path, digest, len(data)
+        return entry.path, digest, entry.bytes
 
-    # sha256 and file writes release the GIL: shards are copied in parallel
+    # sha256 and file I/O release the GIL: shards are published in parallel
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        copied = list(pool.map(copy, m.shards))
+        copied = list(pool.map(publish, m.shards))
     digests = {path: digest for path, digest, _ in copied}
     total = sum(n for _, _, n in copied)
     for name in (INDEX_NAME, TIMM_INFO_NAME):
