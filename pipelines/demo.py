@@ -19,9 +19,13 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from lcrypt.format import Manifest
 
 CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina")
 MARKER = ".lcrypt-demo"
@@ -100,6 +104,17 @@ def make_source(root: Path, per_class: dict[str, int], size: int, seed: int = 0)
     (root / "train/rocket/scan_truncated.png").write_bytes(good[: len(good) // 3])
     (root / "train/coffee/notes.txt").write_text("not an image: lands in errors.jsonl with its reason\n")
     return truth
+
+
+def next_steps(m: Manifest, dataset: Path, runs: Path) -> list[str]:
+    """The demo's last lines: training on the dataset without the keys, with the commands lcrypt.usage
+    generates from its manifest (the ones the README and a release's card print)."""
+    from lcrypt.usage import lcrypt_train_command, timm_command
+
+    return ["", f"next: train on it without the keys (each run in its own folder under {runs}):",
+            f"  {lcrypt_train_command(m, str(dataset), str(runs))}",
+            "  or with timm's train.py (from a timm checkout; these flags keep the stored pixels):",
+            f"  {timm_command(m, str(dataset), output=str(runs))}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             ["wall time", f"{time.perf_counter() - t0:.1f} s"]]
     print()
     print(format_table(rows, ["demo", "result"]))
-    print("\nnext: train on it without the keys, e.g. timm's train.py --dataset wds/lcrypt-demo "
-          f"--data-dir {dataset}")
+    print("\n".join(next_steps(m, dataset, out / "runs")))
     return 0 if not problems and exact == total == len(truth) else 1
 
 

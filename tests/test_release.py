@@ -51,18 +51,19 @@ def make_two_owner_dataset(root: Path, per_class: dict[str, int] | None = None) 
     return {"data": root / "data", "keys": keys, "owners": root / "keys" / "owners.json", "root": root}
 
 
+def checkout_commands() -> list[EntryPoint]:
+    """`lcrypt`'s plugins as this checkout's pyproject.toml declares them (the installed metadata may be
+    an older checkout's)."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    return [EntryPoint(name, value, "lcrypt.commands") for name, value in declared["lcrypt.commands"].items()]
+
+
 def lcrypt(argv: list[str]) -> int:
-    """`lcrypt ARGV` with the release plugin registered as pyproject declares it (the installed metadata
-    may predate it)."""
+    """`lcrypt ARGV` with the plugins this checkout declares (release, train, ...)."""
     import lcrypt.cli as cli
 
     real = cli.entry_points
-
-    def entry_points(group: str):
-        found = [e for e in real(group=group) if e.name != "release"]
-        return found + [EntryPoint("release", "lcrypt.release.command:add_command", group)]
-
-    cli.entry_points = entry_points
+    cli.entry_points = lambda group: checkout_commands() if group == "lcrypt.commands" else real(group=group)
     try:
         return cli.main(argv)
     finally:

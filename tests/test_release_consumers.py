@@ -56,18 +56,18 @@ def test_lcrypt_loader_reads_the_release(rel):
             assert label == want[key][0] and np.array_equal(image, want[key][1])
 
 
-def test_training_train_runs_the_cards_command(rel, tmp_path, monkeypatch):
-    from training.train import run as train
-
-    argv = shlex.split(code_block(rel["card"], "bash", "training.train"))
-    assert argv[:3] == ["python", "-m", "training.train"]
-    args = argv[3:]
+def test_lcrypt_train_runs_the_cards_command(rel, tmp_path, monkeypatch):
+    argv = shlex.split(code_block(rel["card"], "bash", "lcrypt train"))
+    assert argv[:2] == ["lcrypt", "train"]
+    args = argv[1:]
     args[args.index("--epochs") + 1] = "1"
-    args[args.index("--out") + 1] = str(tmp_path / "run")
+    args[args.index("--out") + 1] = str(tmp_path / "runs")
     before = tree(rel["folder"])
     monkeypatch.chdir(rel["folder"])  # the card says: run from this folder
-    assert train([*args, *MODEL, "--batch-size", "4", "--workers", "0"]) == 0
-    assert (tmp_path / "run" / "summary.json").exists() and tree(rel["folder"]) == before
+    assert lcrypt([*args, *MODEL, "--batch-size", "4", "--workers", "0"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()  # the run's own folder
+    assert json.loads((run / "summary.json").read_text())["top1"] is not None
+    assert tree(rel["folder"]) == before
 
 
 def test_datasets_reads_class_names_and_owner_configs_with_the_cards_snippet(rel, tmp_path, monkeypatch):
@@ -105,7 +105,12 @@ def test_plain_webdataset_reads_the_shards(rel):
 
 def timm_args(card: str) -> argparse.Namespace:
     """The card's timm command, parsed with the flags of timm's train.py it uses (none may be left over)."""
-    argv = shlex.split(code_block(card, "bash", "train.py"))
+    return parse_timm_command(code_block(card, "bash", "train.py"))
+
+
+def parse_timm_command(line: str) -> argparse.Namespace:
+    """``python train.py ...`` parsed with the flags of timm's train.py it uses (none may be left over)."""
+    argv = shlex.split(line)
     assert argv[:2] == ["python", "train.py"]
     p = argparse.ArgumentParser()
     for flag in ("--model", "--dataset", "--data-dir", "--train-split", "--val-split", "--output"):
@@ -121,18 +126,15 @@ def timm_args(card: str) -> argparse.Namespace:
     return args
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_timm_reads_the_release_with_the_cards_arguments(rel, monkeypatch, training):
+def check_timm_reads(a: argparse.Namespace, m: Manifest, want: dict, split: str, training: bool) -> None:
+    """timm's create_dataset and create_loader with exactly ``a``'s arguments (run from the folder the
+    command is run from) give every sample of ``want`` once: its stored pixels, normalised by mean = std =
+    0.5, with its label."""
     torch = pytest.importorskip("torch")
     from timm.data import create_dataset, create_loader
 
-    a = timm_args(rel["card"])
-    m = rel["manifest"]
     assert a.num_classes == m.num_classes and a.input_size == [3, *m.image_shape[:2]]
     assert a.dataset == f"wds/{m.name}" and a.mean == a.std == [0.5] * 3 and a.crop_pct == 1.0 and a.no_aug
-    monkeypatch.chdir(rel["folder"])
-    split = a.train_split if training else a.val_split
-    want = of_split(rel, split)
     batch = 3 if len(want) % 3 == 0 else 1
     ds = create_dataset(a.dataset, root=a.data_dir, split=split, is_training=training, batch_size=batch)
     loader = create_loader(ds, input_size=tuple(a.input_size), batch_size=batch, is_training=training,
@@ -149,6 +151,14 @@ def test_timm_reads_the_release_with_the_cards_arguments(rel, monkeypatch, train
             np.testing.assert_allclose(xi.permute(1, 2, 0).numpy(), (pixels / 255.0 - 0.5) / 0.5, atol=1e-6)
             seen.append(pixels.tobytes())
     assert sorted(seen) == sorted(by_pixels)  # every sample once
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_timm_reads_the_release_with_the_cards_arguments(rel, monkeypatch, training):
+    a = timm_args(rel["card"])
+    monkeypatch.chdir(rel["folder"])
+    split = a.train_split if training else a.val_split
+    check_timm_reads(a, rel["manifest"], of_split(rel, split), split, training)
 
 
 def test_croissant_is_valid_and_its_records_read_offline(rel, tmp_path, monkeypatch):
@@ -183,7 +193,7 @@ def test_croissant_is_valid_and_its_records_read_offline(rel, tmp_path, monkeypa
 def test_timm_command_generator_refuses_npy_and_picks_splits():
     from lcrypt.format import OwnerEntry
     from lcrypt.release import timm_train_args
-    from lcrypt.release.usage import splits_for_training
+    from lcrypt.usage import splits_for_training
 
     m = Manifest(name="d", scheme="pe", scheme_params={}, owners=[OwnerEntry("a", "0" * 32)],
                  class_names=["x"], image_shape=[8, 8, 3], encoding="npy", shards=[],

@@ -11,7 +11,6 @@ import json
 import re
 import subprocess
 import sys
-from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import torch
 
 from tests.faults.test_training import refused, snapshot
 from tests.test_loader import make_dataset
+from tests.test_release import checkout_commands
 from tests.test_train import ROOT, run_dir
 
 TINY = ["--model", "convmixer", "--width", "16", "--depth", "2", "--kernel", "3", "--seed", "7", "--quiet",
@@ -240,14 +240,10 @@ def test_cpu_estimate_warning_reaches_a_real_run(data, tmp_path, capsys, monkeyp
 # -- lcrypt train ------------------------------------------------------------------------------------
 @pytest.fixture
 def lcrypt_commands(monkeypatch):
-    """`lcrypt`'s plugins as this checkout's pyproject.toml declares them (the installed metadata may be
-    an older checkout's)."""
+    """`lcrypt` with the plugins this checkout declares (the installed metadata may be older)."""
     import lcrypt.cli
 
-    text = (ROOT / "pyproject.toml").read_text()
-    section = text.split('[project.entry-points."lcrypt.commands"]')[1].split("\n[")[0]
-    eps = [EntryPoint(name, value, "lcrypt.commands")
-           for name, value in re.findall(r'^(\w+) = "([\w.:]+)"$', section, re.M)]
+    eps = checkout_commands()
     assert "train" in [ep.name for ep in eps]
     monkeypatch.setattr(lcrypt.cli, "entry_points", lambda group: eps if group == "lcrypt.commands" else [])
     return lcrypt.cli.main

@@ -7,7 +7,7 @@ A published lcrypt dataset folder holds::
     index.parquet     one row per sample: key, shard, label, owner, split (:mod:`lcrypt.format.index`)
     _info.json        the same sample counts in the form timm's WebDataset reader loads (``{"name",
                       "splits": {split: {"name", "num_samples", "filenames", "shard_lengths"}}}``), so
-                      ``timm train.py --dataset wds/NAME --data-dir DIR --train-split train`` runs on it
+                      timm's train.py reads it (with the flags :func:`lcrypt.usage.timm_command` gives)
     errors.jsonl      one line per rejected source record: {"source", "split", "owner", "reason"}
     .lcrypt-prepare.lock, .fragments/   only while `lcrypt prepare` runs (left behind: it did not finish)
     {split}/{owner}-{index:06d}.tar   the shards (:mod:`lcrypt.format.names`)

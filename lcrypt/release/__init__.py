@@ -7,12 +7,12 @@ plus a Hugging Face dataset card (README.md, :mod:`~lcrypt.release.card`), Crois
 by reason; errors.jsonl, which names source files, is never published), keys.pub.json, release.json
 and one signature per owner whose key is given (:mod:`lcrypt.signatures`). Versions and the changelog:
 :mod:`~lcrypt.release.versions`; making it appear complete or not at all: :mod:`~lcrypt.release.build`;
-the commands a user trains with, generated from the manifest: :mod:`~lcrypt.release.usage`.
+the commands a user trains with, generated from the manifest: :mod:`~lcrypt.usage`.
 docs/releases.md describes the layout, the signed statement and what a signature proves.
 """
 
 from lcrypt.release.build import ReleaseResult, ReleaseSpec, make_release
-from lcrypt.release.usage import datasets_snippet, lcrypt_train_command, timm_command, timm_train_args
+from lcrypt.usage import datasets_snippet, lcrypt_train_command, timm_command, timm_train_args
 
 __all__ = ["ReleaseResult", "ReleaseSpec", "datasets_snippet", "lcrypt_train_command", "make_release",
            "timm_command", "timm_train_args"]

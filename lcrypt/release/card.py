@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from lcrypt.format import IMAGE_EXT, Manifest
 from lcrypt.release.security import security_lines
-from lcrypt.release.usage import datasets_snippet, lcrypt_train_command, timm_command
+from lcrypt.usage import datasets_snippet, lcrypt_train_command, timm_command
 from lcrypt.signatures import PublicKey
 
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),

@@ -1,5 +1,6 @@
-"""How to train on a dataset, as commands generated from its manifest (the card, the demo and the README
-print these, so they cannot drift from what the data needs).
+"""How to train on a dataset, as commands generated from its manifest: the dataset card, the demo's last
+lines and the README print these (tests compare them), so what they suggest cannot drift from what the
+data needs.
 
 timm reads an lcrypt dataset through its WebDataset reader (``--dataset wds/NAME``, which loads
 ``_info.json``), but its defaults would change the pixels the model sees: ImageNet's mean and std, a
@@ -7,7 +8,7 @@ resize to 224 px, random crops and flips that cut the scheme's blocks apart. :fu
 gives the flags that keep the stored pixels as they are: ``--input-size 3 H W``, ``--crop-pct 1.0`` (no
 resize, no crop), ``--no-aug`` and mean = std = 0.5 per channel, the normalisation lcrypt's own trainer
 uses. The augmentations a scheme keeps (its ``scheme_info.augmentations``) run in lcrypt's trainer, which
-knows the block grid.
+knows the block grid; :func:`timm_augmentations` says which of timm's own keep a scheme's pattern.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import shlex
 
 from lcrypt.format import IMAGE_EXT, Manifest
+from lcrypt.schemes import get_scheme, list_schemes
+from lcrypt.schemes.base import SchemeInfo
 
 TRAIN_SPLITS = ("train", "training")
 VAL_SPLITS = ("validation", "val", "valid", "test", "testing", "dev", "eval", "evaluation")
@@ -51,11 +54,41 @@ def timm_command(m: Manifest, data_dir: str = ".", model: str = TIMM_MODEL, outp
 
 
 def lcrypt_train_command(m: Manifest, data_dir: str = ".", output: str = RUNS) -> str:
-    """lcrypt's trainer on ``m``: it normalises, augments by the scheme's rules and checks every shard."""
+    """lcrypt's trainer on ``m``: it normalises, augments by the scheme's rules and checks every shard; each
+    run gets its own folder under ``output``."""
     train, val = splits_for_training(m)
-    return shlex.join(["python", "-m", "training.train", "--data", data_dir, "--model", "convmixer",
+    return shlex.join(["lcrypt", "train", "--data", data_dir, "--model", "convmixer",
                        "--train-split", train, "--test-split", val if val != train else "none",
-                       "--epochs", "10", "--out", f"{output}/{m.name}"])
+                       "--epochs", "10", "--out", output])
+
+
+# timm train.py's augmentations, each with the scheme property it needs to keep the key's pattern aligned
+# (SchemeInfo.augmentations names what the scheme keeps, aug_grid the cell it must move in whole).
+TIMM_AUGMENTATIONS = (
+    ("`--mixup`", lambda i: "mixup" in i.augmentations),
+    ("`--cutmix`", lambda i: "cutmix" in i.augmentations and i.aug_grid == 1),  # timm's boxes: any pixel
+    ("`--hflip`", lambda i: "hflip" in i.augmentations and i.aug_grid == 1),    # flips pixels, not blocks
+    ("`--vflip`", lambda i: "vflip" in i.augmentations and i.aug_grid == 1),
+    # resampling and pixel-value changes: only an unencrypted image survives them
+    ("random-resized crop, `--color-jitter`, `--aa`, `--reprob`", lambda i: not i.steps),
+)
+
+
+def timm_augmentations(info: SchemeInfo) -> list[str]:
+    """The timm train.py augmentations that keep ``info``'s key pattern aligned (the rest break it)."""
+    return [flag for flag, keeps in TIMM_AUGMENTATIONS if keeps(info)]
+
+
+def timm_augmentation_table() -> list[str]:
+    """Markdown rows: per registered scheme, the timm augmentations it survives and lcrypt's own."""
+    lines = ["| scheme | timm augmentations that keep its pattern | lcrypt train applies "
+             "(`loaders/augment.py`) |", "|---|---|---|"]
+    for name in list_schemes():
+        info = get_scheme(name).info
+        grid = f" on {info.aug_grid}×{info.aug_grid} blocks" if info.aug_grid > 1 else ""
+        lines.append(f"| `{name}` | {', '.join(timm_augmentations(info)) or 'none'} | "
+                     f"{', '.join(info.augmentations) or 'none'}{grid} |")
+    return lines
 
 
 def datasets_snippet(m: Manifest, data: str | None = None) -> str:
