@@ -1,5 +1,5 @@
 """CPU accuracy check: all nine schemes, each with the model its paper pairs it with, one table with the
-ratio to plain and the papers' figures beside it (about 25 minutes on 2 cores).
+ratio to plain and the papers' figures beside it (docs/results.md has the run and its duration).
 
     python bench/accuracy_cpu.py [--source ../shared/datasets/cifar10-jpeg.tar.gz] [--work DIR]
     python bench/accuracy_cpu.py --limit 500 --epochs 1 --work /tmp/acc-smoke   # the plumbing only
@@ -117,9 +117,12 @@ def main(argv=None) -> int:
         source = str(small_source(args.source, args.limit, work / f"source{tag}"))
     results: dict[str, dict] = {}
     t_all = time.perf_counter()
-    for run in args.schemes.split(","):
+    planned = args.schemes.split(",")
+    for n, run in enumerate(planned, 1):
         scheme, _, adapt = run.partition(":")
         adapt = adapt or PAIRS.get(scheme, "none")
+        print(f"[{n}/{len(planned)}] {scheme}: prepare, then train {args.epochs} epoch(s) with adaptation "
+              f"{adapt} ({time.perf_counter() - t_all:.0f} s so far)", flush=True)
         data = work / f"data{tag}" / scheme
         t0 = time.perf_counter()
         if not (data / "manifest.json").exists():

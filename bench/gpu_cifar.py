@@ -241,8 +241,9 @@ def main(argv=None) -> int:
         rate = rates.get(model, 20000.0)
         epochs = max(1, int(args.budget_s * rate / 50000))
         name = f"{scheme}-{model}-{adapt}"
+        shutil.rmtree(work / "runs" / name, ignore_errors=True)  # this bench's own earlier run: afresh
         cmd = [sys.executable, "-m", "training.train", "--data", str(work / scheme / "manifest.json"),
-               "--out", str(work / "runs" / name), "--gpu-resident", "--epochs", str(epochs),
+               "--out", str(work / "runs"), "--name", name, "--gpu-resident", "--epochs", str(epochs),
                "--adapt", adapt, "--quiet", *RECIPES[model], *(["--compile"] if args.compile else []), *extra]
         t1 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
