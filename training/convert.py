@@ -135,8 +135,8 @@ def convert_checkpoint(ckpt: dict[str, Any], key, scheme, from_key=None, mean=HA
     out["model_config"] = {**ckpt["model_config"], "patch": patch}
     out.update(scheme=scheme.name, scheme_params=dict(scheme.params), key_ids=[key.key_id],
                scheme_info=scheme.info.as_dict(*shape[:2]),
-               normalization={"mean": list(np.broadcast_to(mean, (3,)).astype(float)),
-                              "std": list(np.broadcast_to(std, (3,)).astype(float))},
+               normalization={"mean": [float(v) for v in np.broadcast_to(mean, (3,))],
+                              "std": [float(v) for v in np.broadcast_to(std, (3,))]},
                converted_from={"scheme": ckpt["scheme"], "key_ids": list(ckpt.get("key_ids") or [])})
     return out
 
