@@ -119,8 +119,9 @@ def main(argv=None) -> int:
         secs = train(model, xtr, yb, seed=args.seed + 7, **ft)
         rows.append((name, f"{args.finetune_epochs} epochs", accuracy(model, xte, yt), secs))
         print(rows[-1], flush=True)
-    print(f"\n`python bench/convert_finetune.py --per-half {args.per_half} --test {args.test} --pretrain-epochs "
-          f"{args.pretrain_epochs} --finetune-epochs {args.finetune_epochs}` ({time.time() - t0:.0f} s, "
+    print(f"\n`python bench/convert_finetune.py --per-half {args.per_half} --test {args.test} "
+          f"--pretrain-epochs {args.pretrain_epochs} --finetune-epochs {args.finetune_epochs}` "
+          f"({time.time() - t0:.0f} s, "
           f"{args.threads} threads)\n")
     print("| model | fine-tuning on B | top-1 (test) | train s |\n|---|---|---|---|")
     for name, budget, acc, s in rows:

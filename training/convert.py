@@ -99,7 +99,8 @@ def model_kind(ckpt: dict[str, Any], path: str) -> str:
                           "backbone: only a bare vit or convmixer folds a key")
     conv = SUPPORTED[name][0]
     if f"{conv}.weight" not in ckpt["model"]:
-        raise NotFoldable(f"--checkpoint {path}: its weights have no {conv} (not a {name} of training.models)")
+        raise NotFoldable(f"--checkpoint {path}: its weights have no {conv} (not a {name} of "
+                          "training.models)")
     return name
 
 
@@ -190,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     to_key = Key.load(args.to_key) if args.to_key else None
     ckpt = read_checkpoint(args.checkpoint)
     if to_key is None and not args.scheme:
-        raise UserError("give --scheme (e.g. --scheme blockwise --param block_size=16), or --to-key to re-key")
+        raise UserError("give --scheme (e.g. --scheme blockwise --param block_size=16), or --to-key to "
+                        "re-key")
     if args.scheme:
         scheme = get_scheme(args.scheme, **parse_params(args.param))
     else:
@@ -204,8 +206,8 @@ def run(args: argparse.Namespace) -> int:
         target, source_key = to_key, key
     gap = logit_gap(ckpt, source_key, new, target) if mean == HALF and std == HALF else float("nan")
     if gap > TOLERANCE:
-        raise UserError(f"the converted model's logits differ from the source's by {gap:.2g} (> {TOLERANCE}); "
-                        "nothing written: report this model and scheme")
+        raise UserError(f"the converted model's logits differ from the source's by {gap:.2g} "
+                        f"(> {TOLERANCE}); nothing written: report this model and scheme")
     save_checkpoint(out, new)
     cfg = new["model_config"]
     params = ",".join(f"{k}={v}" for k, v in new["scheme_params"].items())

@@ -64,8 +64,8 @@ def public_vit(shape: tuple[int, int, int], block: int, seed: int) -> dict[str, 
 
 
 def applies_to(info: SchemeInfo) -> bool:
-    return bool(info.block_size) and info.key_form == "byte-gather-xor" and set(info.steps) <= FOLDABLE_STEPS \
-        and bool(info.steps)
+    folds = bool(info.steps) and set(info.steps) <= FOLDABLE_STEPS
+    return bool(info.block_size) and info.key_form == "byte-gather-xor" and folds
 
 
 def _run(target: Target, private: bool) -> Outcome:

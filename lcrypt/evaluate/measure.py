@@ -18,7 +18,8 @@ from lcrypt.metrics import adjacent_correlation, histogram_entropy, psnr, ssim
 from lcrypt.schemes import Scheme, get_scheme
 
 EVAL_SPLITS = ("test", "val", "validation")
-GROUPS = {"ciphertext-only": "coa", "known-plaintext": "kpa", "chosen-plaintext": "kpa", "public-model": "model"}
+GROUPS = {"ciphertext-only": "coa", "known-plaintext": "kpa", "chosen-plaintext": "kpa",
+          "public-model": "model"}
 """Where each threat model's results go in results.json (brute force gives ``key_space``)."""
 BASELINE = "none (cipher as is)"
 

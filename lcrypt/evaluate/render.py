@@ -172,7 +172,7 @@ def _model_rows(ds: dict[str, Any]) -> list[str]:
              "pretrained model publishes the key** to anyone who downloads both; converting a privately "
              "trained model does not leak it this way (matched against another model's weights, nothing "
              "pairs).", "",
-             "| scheme | adversary's weights | key recovered | SSIM of decrypted test images | exact images |",
+             "| scheme | adversary's weights | key recovered | SSIM of decrypted images | exact images |",
              "|---|---|---|---|---|"]
     for r in rows:
         for a, m in r["model"].items():
