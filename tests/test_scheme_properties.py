@@ -151,3 +151,36 @@ def test_le_keeps_every_block_under_the_same_transform():
     shift = lambda a, s: np.roll(a, s, axis=2)  # noqa: E731
     assert np.array_equal(le.encrypt(shift(x, 4), KEY), shift(le.encrypt(x, KEY), 4))
     assert not np.array_equal(le.encrypt(shift(x, 1), KEY), shift(le.encrypt(x, KEY), 1))
+
+
+@pytest.mark.parametrize("scramble", [True, False])
+def test_blockwise_is_one_in_block_transform_shared_by_every_block(scramble):
+    """x' = S·P·x in every block (AprilPyone & Kiya; Kiya et al. 2022), blocks moved by σ, checked
+    block by block against the scheme's own σ, P, S (a loop, not the gather the scheme runs)."""
+    b = 8
+    s = get_scheme("blockwise", block_size=b, scramble=scramble)
+    x = np.random.default_rng(3).integers(0, 256, (2, 32, 48, 3), dtype=np.uint8)
+    c = s.encrypt(x, KEY)
+    bk = s.block_key(KEY, x.shape[1:])
+    assert bk.scrambles == scramble and 0.3 < bk.flip.mean() < 0.7
+    grid_w = 48 // b
+    for q in range(len(bk.blocks)):
+        pq = bk.blocks[q]
+        plain = x[:, pq // grid_w * b:(pq // grid_w + 1) * b, pq % grid_w * b:(pq % grid_w + 1) * b]
+        cipher = c[:, q // grid_w * b:(q // grid_w + 1) * b, q % grid_w * b:(q % grid_w + 1) * b]
+        moved = plain.reshape(2, -1)[:, bk.src]
+        assert np.array_equal(cipher.reshape(2, -1), np.where(bk.flip, 255 - moved, moved))
+    # P and S do not depend on the image size (a converted ConvMixer serves any size)
+    other = s.block_key(KEY, (64, 64, 3))
+    assert np.array_equal(other.src, bk.src) and np.array_equal(other.flip, bk.flip)
+
+
+def test_blockwise_key_space_jpeg_and_augmentations():
+    lg = lambda n: math.lgamma(n + 1) / math.log(2)  # noqa: E731
+    s = get_scheme("blockwise", block_size=16)
+    assert s.info.key_space_bits(224, 224) == pytest.approx(lg(768) + 768 + lg(196))      # 768!·2^768·196!
+    unscrambled = get_scheme("blockwise", scramble=False)
+    assert unscrambled.info.key_space_bits(224, 224) == pytest.approx(lg(768) + 768)
+    assert not s.info.jpeg_compatible
+    assert "translate" in get_scheme("blockwise", scramble=False).info.augmentations
+    assert "translate" not in s.info.augmentations

@@ -22,7 +22,8 @@ ALL = list_schemes()
 VARIANTS = [(n, {}) for n in ALL] + [
     ("pe", {"color_shuffle": True}), ("cpbe", {"ratio": 1.0}), ("ahmad-diffusion", {"ratio": 0.5}),
     ("etc", {"block_size": 8}), ("le", {"block_size": 2}), ("ele", {"block_size": 8}),
-    ("block-shuffle", {"block_size": 8}),
+    ("block-shuffle", {"block_size": 8}), ("blockwise", {"block_size": 4}),
+    ("blockwise", {"block_size": 8, "scramble": False}),
 ]
 IDS = [f"{n}{''.join(f'-{k}={v}' for k, v in p.items())}" for n, p in VARIANTS]
 
@@ -37,8 +38,9 @@ def digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def test_registry_has_the_nine_schemes_in_order():
-    assert ALL == ["plain", "le", "block-shuffle", "catmap", "pe", "etc", "ele", "cpbe", "ahmad-diffusion"]
+def test_registry_has_the_ten_schemes_in_order():
+    assert ALL == ["plain", "le", "block-shuffle", "catmap", "pe", "etc", "ele", "cpbe", "ahmad-diffusion",
+                   "blockwise"]
     with pytest.raises(ValueError, match="unknown scheme 'nope'.*choose one of: plain"):
         get_scheme("nope")
 
@@ -111,7 +113,7 @@ def test_batch_encryption_equals_one_by_one(fixed_key, rng):
 
 
 # -- input rules -------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["le", "block-shuffle", "etc", "ele"])
+@pytest.mark.parametrize("name", ["le", "block-shuffle", "etc", "ele", "blockwise"])
 def test_sides_not_multiple_of_block_size_are_refused(name, fixed_key):
     with pytest.raises(ValueError, match=r"33x32 is not a multiple of block_size"):
         get_scheme(name).encrypt(np.zeros((1, 33, 32, 3), np.uint8), fixed_key)

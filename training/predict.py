@@ -5,7 +5,9 @@
 The owner keeps the key; the server holds a model trained on ciphertexts. The image is read by
 lcrypt's rules, resized/cropped to the training image size, encrypted with the scheme recorded in the
 checkpoint, normalised like the training data (mean 0.5, std 0.5) and classified. A key whose id is not
-among the checkpoint's training keys is refused: the model would output noise for it.
+among the checkpoint's training keys is refused: the model would output noise for it. A checkpoint
+written by ``lcrypt convert-model`` (a plain model folded for the owner's key, :mod:`training.convert`)
+is served the same way: it records the scheme, its parameters and the key id.
 """
 
 from __future__ import annotations

@@ -14,6 +14,11 @@ declared properties (``SchemeInfo.steps``, ``key_form``, ``block_size``) whether
 | `inverse-network`  | inverse_network.py | ciphertext-only  | every scheme that changes the image           |
 | `known-plaintext`  | known_plaintext.py | known plaintext  | a key form it knows how to recover            |
 | `chosen-plaintext` | known_plaintext.py | chosen plaintext | key form `xor` (a blank image shows the mask) |
+| `model-conversion` | model_conversion.py | public model   | a key that folds into a model (lcrypt.folding) |
+| `model-conversion-private` | model_conversion.py | public model | the same, the owner's model private  |
+
+The model-conversion attacks assume the owner published a model converted with its key (public-model
+threat): from the weights it was converted from, the key; from another model's weights, nothing.
 
 The inverse network is ciphertext-only with a known data distribution: it trains on look-alike images
 encrypted under the adversary's own keys.
@@ -27,10 +32,12 @@ from lcrypt.attacks.fr import FR, FR_GREEDY
 from lcrypt.attacks.inverse_network import INVERSE_NETWORK
 from lcrypt.attacks.jigsaw import JIGSAW
 from lcrypt.attacks.known_plaintext import CHOSEN_PLAINTEXT, KNOWN_PLAINTEXT
+from lcrypt.attacks.model_conversion import MODEL_CONVERSION, MODEL_CONVERSION_PRIVATE
 from lcrypt.schemes.base import SchemeInfo
 
 ATTACKS: dict[str, Attack] = {a.name: a for a in (
-    BRUTE_FORCE, FR, FR_GREEDY, JIGSAW, INVERSE_NETWORK, KNOWN_PLAINTEXT, CHOSEN_PLAINTEXT)}
+    BRUTE_FORCE, FR, FR_GREEDY, JIGSAW, INVERSE_NETWORK, KNOWN_PLAINTEXT, CHOSEN_PLAINTEXT, MODEL_CONVERSION,
+    MODEL_CONVERSION_PRIVATE)}
 """Every attack, in the order the report lists them."""
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from lcrypt.schemes.base import Scheme, SchemeInfo
 
-THREAT_MODELS = ("brute-force", "ciphertext-only", "known-plaintext", "chosen-plaintext")
+THREAT_MODELS = ("brute-force", "ciphertext-only", "known-plaintext", "chosen-plaintext", "public-model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,9 @@ class Target:
 
     Ciphertext-only attacks read ``cipher`` and ``known`` (plain look-alikes from the same distribution,
     never the target images) and may encrypt under keys of their own; known- and chosen-plaintext attacks
-    may also call ``owner_encrypt`` (the owner's key, as an encryption oracle).
+    may also call ``owner_encrypt`` (the owner's key, as an encryption oracle). Public-model attacks call
+    ``owner_convert``: the owner publishing a model converted with its key from the weights given
+    (``patch``, ``bias``, ``pos`` arrays); None when the scheme's key does not fold into a model.
     """
 
     scheme: Scheme
@@ -42,6 +44,7 @@ class Target:
     known: np.ndarray                                   # (K, H, W, 3) uint8 plain images the adversary holds
     owner_encrypt: Callable[[np.ndarray], np.ndarray]
     budget: Budget = Budget()
+    owner_convert: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
 
 
 @dataclasses.dataclass

@@ -18,7 +18,8 @@ from lcrypt.metrics import adjacent_correlation, histogram_entropy, psnr, ssim
 from lcrypt.schemes import Scheme, get_scheme
 
 EVAL_SPLITS = ("test", "val", "validation")
-GROUPS = {"ciphertext-only": "coa", "known-plaintext": "kpa", "chosen-plaintext": "kpa"}
+GROUPS = {"ciphertext-only": "coa", "known-plaintext": "kpa", "chosen-plaintext": "kpa",
+          "public-model": "model"}
 """Where each threat model's results go in results.json (brute force gives ``key_space``)."""
 BASELINE = "none (cipher as is)"
 
@@ -129,10 +130,11 @@ def measure_scheme(scheme: Scheme, plain: np.ndarray, known: np.ndarray, owner: 
     info = scheme.info
     cipher = scheme.encrypt(plain, owner)
     truth = scheme._transform(owner, plain.shape[1:])       # the evaluator's, to score; never the attacker's
-    target = Target(scheme, cipher, known, lambda a: scheme.encrypt(a, owner), budget)
+    target = Target(scheme, cipher, known, lambda a: scheme.encrypt(a, owner), budget,
+                    owner_convert=owner_converter(scheme, truth, plain.shape[1:]))
     res: dict[str, Any] = {"scheme": info.name, "params": dict(scheme.params)}
     res["encrypted"] = cipher_statistics(cipher, plain)
-    groups: dict[str, dict] = {"coa": {}, "kpa": {}}
+    groups: dict[str, dict] = {"coa": {}, "kpa": {}, "model": {}}
     recons = {"cipher": cipher}
     if changes_the_image(info):
         groups["coa"][BASELINE], recons[BASELINE] = dict(res["encrypted"]), cipher
@@ -148,10 +150,29 @@ def measure_scheme(scheme: Scheme, plain: np.ndarray, known: np.ndarray, owner: 
             groups[GROUPS[attack.threat_model]][attack.name] = m
             recons[attack.name] = recon if len(recon) == len(cipher) else np.concatenate(
                 [recon, cipher[len(recon):]])
-    res.update(groups)
+    res.update({g: v for g, v in groups.items() if v or g != "model"})
     if skipped:
         res["skipped"] = skipped
     return res, recons
+
+
+def owner_converter(scheme: Scheme, truth: Any, shape: tuple[int, ...]):
+    """The owner converting a ViT's first layers with its key (lcrypt.folding), or None when the
+    scheme's key does not fold into a model."""
+    from lcrypt.folding import NotFoldable, block_key, fold_patch_embedding, fold_positions
+
+    b = scheme.info.block_size
+    if not b or not hasattr(truth, "src") or getattr(truth, "nibbles", False):
+        return None
+    try:
+        bk = block_key(truth.src, truth.mask, tuple(shape), b)
+    except NotFoldable:
+        return None
+
+    def convert(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        patch, bias = fold_patch_embedding(weights["patch"], weights["bias"], bk)
+        return {"patch": patch, "bias": bias, "pos": fold_positions(weights["pos"], bk)}
+    return convert
 
 
 # -- jigsaw solver by image and block size ---------------------------------------------------------

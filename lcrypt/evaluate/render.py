@@ -20,8 +20,8 @@ PUBLISHED = [
     "EtC paper Table IV, CIFAR-10 (MB): JPEG q85 plain 68.7 / EtC 69.0 / ELE 134.5; q80 64.4 / 64.7 / "
     "122.4; uncompressed 178.2.",
 ]
-THREAT_LABELS = {"coa": "COA", "kpa": "KPA/CPA", "ciphertext-only": "COA", "known-plaintext": "KPA/CPA",
-                 "chosen-plaintext": "KPA/CPA"}
+THREAT_LABELS = {"coa": "COA", "kpa": "KPA/CPA", "model": "model", "ciphertext-only": "COA",
+                 "known-plaintext": "KPA/CPA", "chosen-plaintext": "KPA/CPA", "public-model": "model"}
 
 
 def best_of(attacks: dict[str, dict]) -> tuple[str, float] | None:
@@ -141,10 +141,12 @@ def _attack_rows(r: dict[str, Any]) -> list[str]:
     lines = [f"| `{r['scheme']}` | (encrypted image itself) | — | {_f(e['ssim'])} | {_f(e['ssim_mean'])} | "
              f"{_f(e['psnr'], 1)} | adjacent corr. h/v/d {_f(e['corr_h'])}/{_f(e['corr_v'])}/"
              f"{_f(e['corr_d'])}, entropy {_f(e['entropy'])} bits |"]
-    for group in ("coa", "kpa"):
-        for a, m in r[group].items():
+    for group in ("coa", "kpa", "model"):
+        for a, m in r.get(group, {}).items():
             note = []
-            if "pairs" in m:
+            if "weights" in m:
+                note.append(f"matched against {m['weights']}, exact images {m['exact']:.0%}")
+            elif "pairs" in m:
                 note.append(f"{m['pairs']} pair(s), method {m['method']}, exact images {m['exact']:.0%}")
             if m.get("key_fraction") is not None:
                 note.append(f"key recovered {m['key_fraction']:.1%}")
@@ -157,6 +159,26 @@ def _attack_rows(r: dict[str, Any]) -> list[str]:
         lines.append(f"| `{r['scheme']}` | {sk['attack']} | {THREAT_LABELS[sk['threat']]} | — | — | — | "
                      f"not run: {sk['reason']} |")
     return lines
+
+
+def _model_rows(ds: dict[str, Any]) -> list[str]:
+    rows = [r for r in ds["results"] if r.get("model")]
+    if not rows:
+        return []
+    lines = ["### Key recovery from a converted model (public-model threat)", "",
+             "The owner converts a ViT for its key (`lcrypt convert-model`) and publishes it. Matching the "
+             "converted patch-embedding columns (up to sign) and position-embedding rows to the weights it "
+             "was converted from recovers the key without any image. **Converting a publicly available "
+             "pretrained model publishes the key** to anyone who downloads both; converting a privately "
+             "trained model does not leak it this way (matched against another model's weights, nothing "
+             "pairs).", "",
+             "| scheme | adversary's weights | key recovered | SSIM of decrypted images | exact images |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        for a, m in r["model"].items():
+            key = "—" if m.get("key_fraction") is None else f"{m['key_fraction']:.1%}"
+            lines.append(f"| `{r['scheme']}` | {m['weights']} | {key} | {_f(m['ssim'])} | {m['exact']:.0%} |")
+    return lines + [""]
 
 
 def _jigsaw_rows(ds: dict[str, Any]) -> list[str]:
@@ -203,6 +225,7 @@ def write_report(out: Path, data: dict[str, Any], command: str, accuracy: list[A
         for r in ds["results"]:
             lines += _attack_rows(r)
         lines += ["", "</details>", ""]
+        lines += _model_rows(ds)
         if ds.get("jigsaw"):
             lines += _jigsaw_rows(ds)
         if ds.get("compress", {}).get("sizes"):

@@ -14,6 +14,7 @@ One module per scheme here; a scheme defined elsewhere joins with ``register_sch
 | `ele`             | ele.py             | Madono et al. 2020                            |
 | `cpbe`            | cpbe.py            | Ahmad & Shin 2022                             |
 | `ahmad-diffusion` | ahmad_diffusion.py | Ahmad & Shin, eq. 2-4                         |
+| `blockwise`       | blockwise.py       | AprilPyone & Kiya 2021; Kiya et al. 2022      |
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from lcrypt.schemes.base import Scheme, SchemeInfo
 from lcrypt.schemes.ahmad_diffusion import AhmadDiffusion
 from lcrypt.schemes.block_shuffle import BlockShuffle
+from lcrypt.schemes.blockwise import Blockwise
 from lcrypt.schemes.catmap import CatMap
 from lcrypt.schemes.cpbe import CPBE
 from lcrypt.schemes.ele import ELE
@@ -32,7 +34,8 @@ from lcrypt.schemes.pe import PE
 from lcrypt.schemes.plain import Plain
 
 _SCHEMES: dict[str, type[Scheme]] = {
-    cls.name: cls for cls in (Plain, LE, BlockShuffle, CatMap, PE, EtC, ELE, CPBE, AhmadDiffusion)
+    cls.name: cls for cls in (Plain, LE, BlockShuffle, CatMap, PE, EtC, ELE, CPBE, AhmadDiffusion,
+                                Blockwise)
 }
 
 

@@ -28,6 +28,10 @@ STEPS = {
     "pixel-negative-positive": "each value becomes v or 255 - v, one choice per value",
     "pixel-colour-shuffle": "the colour components are permuted, one order per pixel",
     "pixel-shuffle-in-block": "pixels move inside every block, by one permutation shared by all blocks",
+    "value-shuffle-in-block": "the 3·B·B values of every block (colour components too) move by one "
+                              "permutation shared by all blocks",
+    "value-negative-positive-in-block": "the values at key-selected positions inside every block become "
+                                        "255 - v, the same positions in every block",
     "nibble-reversal": "key-selected 4-bit halves of the values become 15 - v",
     "nibble-shuffle": "the 4-bit halves of a block's values are shuffled",
     "keystream-xor": "values are XORed with a key-derived keystream",
