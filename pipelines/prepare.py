@@ -21,6 +21,7 @@ them would hold every raw record in the runner.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -93,14 +94,39 @@ def is_local_runner(options) -> bool:
 
 
 def make_pipeline(options):
-    """A Pipeline on the requested runner; the Python direct engine (never Prism) for DirectRunner."""
+    """A Pipeline on the requested runner; the Python direct engine (never Prism) for DirectRunner, and
+    lcrypt's fixed DaskRunner for ``--runner dask`` (pipelines/daskrunner.py)."""
     import apache_beam as beam
 
     if is_local_runner(options):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return beam.Pipeline(runner=FnApiRunner(), options=options)
+    if dask_wanted(options):
+        from pipelines.daskrunner import LcryptDaskRunner
+
+        return beam.Pipeline(runner=LcryptDaskRunner(), options=options)
     return beam.Pipeline(options=options)
+
+
+# Beam's own DaskRunner names get lcrypt's too: Beam's loses data (pipelines/daskrunner.py)
+DASK_RUNNERS = ("dask", "DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner")
+
+
+def dask_wanted(options) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return options.view_as(StandardOptions).runner in DASK_RUNNERS
+
+
+def load_dask(beam_args: Sequence[str]) -> None:
+    """Make Beam's dask options (``--dask_client_address``...) known when the arguments mention dask."""
+    if any("dask" in a.lower() for a in beam_args):
+        try:
+            import pipelines.daskrunner  # noqa: F401  (registers DaskOptions)
+        except ImportError as exc:
+            raise PrepareError(f"--runner dask needs dask.distributed ({exc}); "
+                               "install it with: pip install 'lcrypt[dask]'") from None
 
 
 # -- pipeline construction ------------------------------------------------------------------------------
@@ -267,9 +293,16 @@ def known_failure(exc: BaseException) -> str | None:
     In-process runners re-raise the DoFn's exception; others pass its text on, so the text is searched.
     """
     from pipelines.outdir import WriteFailed
+    from pipelines.sources import SourceUnreadable
     from pipelines.transforms import RejectRateExceeded
 
-    for cls in (RejectRateExceeded, WriteFailed):
+    if "distributed" in sys.modules:  # a dask run: an unreachable cluster, workers that all died
+        from pipelines.daskrunner import failure_line
+
+        line = failure_line(exc)
+        if line:
+            return line
+    for cls in (RejectRateExceeded, WriteFailed, SourceUnreadable):
         text = str(exc)
         if isinstance(exc, cls):
             return text.split(" [while running")[0]
@@ -296,27 +329,48 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     quiet_beam_logging()
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from apache_beam.options.pipeline_options import DirectOptions
+
     from pipelines import outdir
     from pipelines.runlock import claim_out, left_behind
 
+    cleanup = contextlib.ExitStack()  # a local dask cluster, closed on every way out
+    workers = None
     try:
         parser = argparse.ArgumentParser(allow_abbrev=False)
         add_arguments(parser)
+        load_dask(beam_args)
         check_beam_args(beam_args, parser)
         source, config, declared, scheme_info = plan(args)
+        options = PipelineOptions(list(beam_args))
+        local_workers = options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
+        if dask_wanted(options):
+            from pipelines.daskrunner import DaskClusterError, cluster
+
+            try:
+                workers = cleanup.enter_context(cluster(options, local_workers))
+            except DaskClusterError as exc:
+                raise PrepareError(str(exc)) from None
+            if workers.daemonic and args.isolate_decoders:
+                raise PrepareError(
+                    f"the dask workers at {workers.address} are daemonic processes, which cannot fork the "
+                    "decoder subprocess of --isolate-decoders; start them with "
+                    "DASK_DISTRIBUTED__WORKER__DAEMON=False, or pass --no-isolate-decoders")
         lock = claim_out(args.out, args.overwrite)
     except (PrepareError, outdir.OutError, outdir.WriteFailed) as exc:
+        cleanup.close()
         print(f"lcrypt prepare: error: {exc}", file=sys.stderr)
         return 2
-    options = PipelineOptions(list(beam_args))
     if not args.read_parts:
-        from apache_beam.options.pipeline_options import DirectOptions
-
-        config.read_parts = max(1, options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1)
+        config.read_parts = max(1, workers.threads if workers else local_workers)
     t0 = time.perf_counter()
     stop = threading.Event()
     watcher = None
-    if is_local_runner(options):  # workers on this machine drop their counters in a local folder
+    if workers and not workers.local and not args.quiet:
+        print(f"lcrypt prepare: running on the dask cluster at {workers.address}; live progress is the "
+              "cluster's dashboard (its workers may not share this machine's files)", file=sys.stderr)
+    if is_local_runner(options) or (workers and workers.local):
+        # workers on this machine drop their counters in a local folder
         config.progress_dir = progress.folder()
         watcher = threading.Thread(target=progress.watch, args=(config.progress_dir, stop, args.quiet),
                                    daemon=True)
@@ -351,6 +405,7 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         if not finished:
             outdir.remove_scratch(config.out)
         lock.release(finished)
+        cleanup.close()
     return summarize(args, config, time.perf_counter() - t0)
 
 
