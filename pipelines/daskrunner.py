@@ -116,7 +116,7 @@ class Translator(PipelineVisitor):
     def visit_transform(self, node) -> None:
         import apache_beam as beam
 
-        inputs = [self.pcolls[i] for i in node.inputs if not isinstance(i, pvalue.PBegin) and i in self.pcolls]
+        inputs = [self.pcolls[i] for i in node.inputs if i in self.pcolls]
         self.consumed.update(id(i) for i in node.inputs)
         self.consumed.update(id(si.pvalue) for si in node.side_inputs)
         cls = node.transform.__class__

@@ -28,6 +28,16 @@ class ReadUnitFn(beam.DoFn):
     def __init__(self, source: Source):
         self.source = source
 
+    def setup(self):
+        """A worker that cannot see the source says so, instead of rejecting every file as unreadable."""
+        from pipelines.beamstorage import pipeline_storage
+
+        path = self.source.path
+        if not pipeline_storage(path).exists(path):
+            raise SourceUnreadable(f"{worker_name()} cannot read --source {path}: not found there; every "
+                                   "worker must reach the source at the same path (a shared file system, "
+                                   "or gs://...)")
+
     def process(self, unit) -> Iterator[Record]:
         try:
             yield from self.source.read_unit(tuple(unit))
