@@ -8,7 +8,13 @@ Unknown flags are Beam PipelineOptions (``--runner``, ``--direct_num_workers``,
 ``--direct_running_mode multi_processing``, Dataflow's ``--project``, ``--region``,
 ``--temp_location``...). With no ``--runner`` (or ``--runner DirectRunner``) the pipeline runs on the
 Python direct runner's engine (the FnApiRunner) chosen explicitly: since Beam 2.68 ``DirectRunner``
-first tries the Prism binary, a download that fails offline.
+first tries the Prism binary, a download that fails offline. ``--runner dask`` runs on a dask.distributed
+cluster (pipelines/daskrunner.py: Beam's DaskRunner with its data-losing translation fixed): a local one
+of worker processes started here and closed at the end (also on error or Ctrl-C), or the user's at
+``--dask_client_address``, checked reachable before ``--out`` is claimed. Workers elsewhere need the
+source and ``--out`` at the same paths (shared storage) and non-daemonic processes for
+``--isolate-decoders``; keys travel inside the job, so key files stay on this machine; live progress
+through local files only runs where the workers share this machine (the summary is exact everywhere).
 
 The chain: ReadRecords (raw records, batched by BatchElements) -> EncryptChunk (decode by lcrypt.images'
 rules, encrypt per owner in one vectorised call, encode; rejects to errors.jsonl) -> count per (split, owner)
