@@ -8,8 +8,8 @@ Each size is a subset spread evenly over the archive's members (every split and 
 uncompressed tar so the read is the same kind at both sizes. Each run is a fresh `python -m
 pipelines.prepare` process timed from outside (Beam and the cluster connection included). Peak memory is
 the largest resident set, polled every 0.1 s, of one worker: on the DirectRunner the prepare process with
-its decoder subprocess; on dask one worker process with its decoder subprocess (the workers are restarted
-before each run, so a run starts from fresh processes). What the docs draw from it: memory flat in the
+its decoder subprocess; on dask one worker process with its decoder subprocess (a fresh cluster for
+each run, so a run starts from fresh processes). What the docs draw from it: memory flat in the
 dataset size (bounded by --chunk x image size), time linear (docs/scaling.md).
 """
 
@@ -102,21 +102,28 @@ def prepare(tar: Path, out: Path, key: Path, block: int, extra: list[str], worke
     return {"wall": wall, "n": n, "peak_rss": rss}
 
 
+def on_dask(tar: Path, out: Path, key: Path, block: int) -> dict:
+    """prepare on a fresh 2-worker cluster (the workers start with nothing in memory)."""
+    import dask
+    import distributed
+
+    with dask.config.set({"distributed.worker.daemon": False}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=None, silence_logs=40) as cluster, \
+            distributed.Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+        return prepare(tar, out, key, block, ["--runner", "dask", "--dask_client_address",
+                                              cluster.scheduler_address], pids)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "datasets"))
     ap.add_argument("--datasets", default="cifar10,imagenette")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-
-    import dask
-    import distributed
-
     results = []
-    with tempfile.TemporaryDirectory() as tmp, dask.config.set({"distributed.worker.daemon": False}), \
-            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                     dashboard_address=None, silence_logs=40) as cluster, \
-            distributed.Client(cluster) as client:
+    with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         Key(bytes(range(32)), "bench").save(tmp / "bench.key")
         for name in args.datasets.split(","):
@@ -124,18 +131,15 @@ def main() -> None:
             members = read_members(str(Path(args.shared) / fname))
             for n in sizes:
                 tar = subset(members, n, tmp / f"{name}-{n}.tar")
-                runs = {"direct (in-process)": ([], None),
-                        "dask, 2 workers": (["--runner", "dask", "--dask_client_address",
-                                             cluster.scheduler_address], 2)}
-                for label, (extra, nworkers) in runs.items():
-                    pids = None
-                    if nworkers:
-                        client.restart()
-                        pids = list(client.run(os.getpid).values())
+                for label in ("direct (in-process)", "dask, 2 workers"):
                     out = tmp / f"out-{name}-{n}-{len(results)}"
-                    r = prepare(tar, out, tmp / "bench.key", block, extra, pids)
+                    if label.startswith("direct"):
+                        r = prepare(tar, out, tmp / "bench.key", block, [], None)
+                    else:
+                        r = on_dask(tar, out, tmp / "bench.key", block)
                     assert r["n"] == n, (name, n, r)
-                    results.append({"dataset": name, "size": n, "run": label, "workers": nworkers or 1, **r})
+                    results.append({"dataset": name, "size": n, "run": label,
+                                    "workers": 2 if label.startswith("dask") else 1, **r})
                     print(results[-1], flush=True)
                 tar.unlink()
             del members

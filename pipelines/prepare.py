@@ -41,7 +41,8 @@ from typing import Sequence
 from lcrypt.format import check_owner
 from lcrypt.keys import Key, KeyFileError
 from pipelines import progress
-from pipelines.options import PrepareError, add_arguments, check_beam_args, check_numbers, parse_params
+from pipelines.options import (PrepareError, add_arguments, check_beam_args, check_numbers, dask_wanted,
+                               load_dask, parse_params)
 
 def add_command(subparsers) -> None:
     """The `lcrypt prepare` plugin (declared in pyproject's lcrypt.commands entry points)."""
@@ -115,26 +116,6 @@ def make_pipeline(options):
     return beam.Pipeline(options=options)
 
 
-# Beam's own DaskRunner names get lcrypt's too: Beam's loses data (pipelines/daskrunner.py)
-DASK_RUNNERS = ("dask", "DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner")
-
-
-def dask_wanted(options) -> bool:
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    return options.view_as(StandardOptions).runner in DASK_RUNNERS
-
-
-def load_dask(beam_args: Sequence[str]) -> None:
-    """Make Beam's dask options (``--dask_client_address``...) known when the arguments mention dask."""
-    if any("dask" in a.lower() for a in beam_args):
-        try:
-            import pipelines.daskrunner  # noqa: F401  (registers DaskOptions)
-        except ImportError as exc:
-            raise PrepareError(f"--runner dask needs dask.distributed ({exc}); "
-                               "install it with: pip install 'lcrypt[dask]'") from None
-
-
 # -- pipeline construction ------------------------------------------------------------------------------
 def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -> None:
     """Add the prepare chain to pipeline ``p`` (separate from running it, so it can be built for Dataflow)."""
@@ -142,7 +123,8 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
 
     from pipelines.sources import ReadRecords
     from pipelines.encrypt import EncryptChunkFn, dead_letter_reads, dead_letter_rows
-    from pipelines.transforms import AssignShardsFn, ClassNamesFn, FinalizeFn, WriteShardFn, add_pairs
+    from pipelines.transforms import (AssignShardsFn, ClassNamesFn, FinalizeFn, WriteShardFn, add_pairs,
+                                     chunk_classes)
 
     chunks = p | "ReadRecords" >> ReadRecords(source, config.chunk, config.read_parts)
     if class_names is not None:
@@ -150,7 +132,8 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
     else:
         # One combine (partial sets in the read stage, one merge): a Distinct + ToList chain cost two
         # more stages.
-        names = chunks | "AllClasses" >> beam.CombineGlobally(ClassNamesFn())
+        names = (chunks | "ChunkClasses" >> beam.Map(chunk_classes)
+                 | "AllClasses" >> beam.CombineGlobally(ClassNamesFn()))
     # Per-record rejections, decoder isolation and per-record retries of a failed chunk happen inside
     # EncryptChunkFn; Beam's dead-letter output is the backstop for anything that still escapes a chunk.
     # threshold=1.0: the reject-rate check is per record, in Finalize (--max-reject-rate).
