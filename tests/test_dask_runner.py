@@ -119,7 +119,7 @@ def test_a_two_worker_cluster_writes_the_direct_runners_dataset_byte_for_byte(da
 
 def test_a_worker_killed_mid_job_still_gives_the_same_dataset(data, cluster, tmp_path, monkeypatch):
     marks = tmp_path / "marks"
-    slow_source(monkeypatch, marks, delay=0.6)
+    slow_source(monkeypatch, marks, delay=0.3)
     out, result = tmp_path / "out", {}
     job = threading.Thread(target=lambda: result.update(rc=run(
         data["argv"] + ["--out", str(out), "--runner", "dask",
@@ -157,8 +157,9 @@ def test_an_unreachable_scheduler_fails_in_seconds_in_one_line(data, tmp_path, c
         port = s.getsockname()[1]
     t0 = time.monotonic()
     assert run(data["argv"] + ["--out", str(tmp_path / "out"), "--runner", "dask",
-                               "--dask_client_address", f"tcp://127.0.0.1:{port}"]) == 2
-    assert time.monotonic() - t0 < 20
+                               "--dask_client_address", f"tcp://127.0.0.1:{port}",
+                               "--dask_connection_timeout", "3"]) == 2  # default 10 s
+    assert time.monotonic() - t0 < 10
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--dask_client_address tcp://127.0.0.1:{port}" in err[0]
     assert "dask scheduler" in err[0]
