@@ -145,7 +145,9 @@ class Translator(PipelineVisitor):
         views, values = [], []
         for si in node.side_inputs:
             views.append((type(si), si._view_options(), si._window_mapping_fn))
-            values.append(self.pcolls[si.pvalue].reduction(list, _concat))
+            # a Delayed of the unoptimised graph: optimised apart (dask's default for to_delayed and for an
+            # Item argument) its upstream got new key names and was computed again for every reader
+            values.append(self.pcolls[si.pvalue].reduction(list, _concat).to_delayed(optimize_graph=False))
         return bag.map_partitions(run_bundle, pickler.dumps(transform.fn), transform.label, window_fn,
                                   tuple(args), kwargs, views, *values)
 
@@ -221,8 +223,10 @@ class LcryptDaskRunner(DaskRunner):
             pipeline.replace_all(dask_overrides())
             translator = Translator(bag_kwargs)
             pipeline.visit(translator)
-            sinks = [bag.reduction(_count, sum) for bag in translator.sinks()]
-            futures = client.compute(dask.optimize(*sinks))
+            # one Delayed over every sink's count, built from the unoptimised graphs (as the side inputs)
+            total = dask.delayed(sum)([bag.reduction(_count, sum).to_delayed(optimize_graph=False)
+                                       for bag in translator.sinks()])
+            futures = [client.compute(total)]
         except BaseException:
             client.close()
             raise
