@@ -169,7 +169,18 @@ def test_an_unreachable_scheduler_fails_in_seconds_in_one_line(data, tmp_path, c
 def test_a_job_whose_workers_all_die_fails_and_its_local_cluster_is_gone(data, tmp_path, monkeypatch, capsys):
     psutil = pytest.importorskip("psutil")
     slow_source(monkeypatch, tmp_path / "marks", die=True)
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
+
+    def workers() -> set[int]:  # dask's worker processes (spawned), not multiprocessing's resource tracker
+        found = set()
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if "spawn_main" in " ".join(p.cmdline()):
+                    found.add(p.pid)
+            except psutil.Error:
+                pass
+        return found
+
+    before = workers()
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         rc = run(data["argv"] + ["--out", str(tmp_path / "out"), "--runner", "dask",
                                  "--direct_num_workers", "2"])
@@ -178,6 +189,6 @@ def test_a_job_whose_workers_all_die_fails_and_its_local_cluster_is_gone(data, t
     assert len(err) == 1 and "dask workers that ran a task of the job all died" in err[0], err
     assert not (tmp_path / "out/manifest.json").exists()
     deadline = time.monotonic() + 10
-    while {p.pid for p in psutil.Process().children(recursive=True)} - before and time.monotonic() < deadline:
+    while workers() - before and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not {p.pid for p in psutil.Process().children(recursive=True)} - before  # no worker left behind
+    assert not workers() - before  # no worker process left behind
