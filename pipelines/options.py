@@ -124,3 +124,23 @@ def check_beam_args(beam_args: Sequence[str], own: argparse.ArgumentParser) -> N
             else "; see `lcrypt prepare --help` (other flags go to Beam)")
     what = "unknown flag" if bad.startswith("-") else "unexpected argument"
     raise PrepareError(f"{what} {bad!r}: neither a prepare flag nor a Beam pipeline option{hint}")
+
+
+# Beam's own DaskRunner names get lcrypt's too: Beam's loses data (pipelines/daskrunner.py)
+DASK_RUNNERS = ("dask", "DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner")
+
+
+def dask_wanted(options) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return options.view_as(StandardOptions).runner in DASK_RUNNERS
+
+
+def load_dask(beam_args: Sequence[str]) -> None:
+    """Make Beam's dask options (``--dask_client_address``...) known when the arguments mention dask."""
+    if any("dask" in a.lower() for a in beam_args):
+        try:
+            import pipelines.daskrunner  # noqa: F401  (registers DaskOptions)
+        except ImportError as exc:
+            raise PrepareError(f"--runner dask needs dask.distributed ({exc}); "
+                               "install it with: pip install 'lcrypt[dask]'") from None

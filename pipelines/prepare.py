@@ -8,7 +8,13 @@ Unknown flags are Beam PipelineOptions (``--runner``, ``--direct_num_workers``,
 ``--direct_running_mode multi_processing``, Dataflow's ``--project``, ``--region``,
 ``--temp_location``...). With no ``--runner`` (or ``--runner DirectRunner``) the pipeline runs on the
 Python direct runner's engine (the FnApiRunner) chosen explicitly: since Beam 2.68 ``DirectRunner``
-first tries the Prism binary, a download that fails offline.
+first tries the Prism binary, a download that fails offline. ``--runner dask`` runs on a dask.distributed
+cluster (pipelines/daskrunner.py: Beam's DaskRunner with its data-losing translation fixed): a local one
+of worker processes started here and closed at the end (also on error or Ctrl-C), or the user's at
+``--dask_client_address``, checked reachable before ``--out`` is claimed. Workers elsewhere need the
+source and ``--out`` at the same paths (shared storage) and non-daemonic processes for
+``--isolate-decoders``; keys travel inside the job, so key files stay on this machine; live progress
+through local files only runs where the workers share this machine (the summary is exact everywhere).
 
 The chain: ReadRecords (raw records, batched by BatchElements) -> EncryptChunk (decode by lcrypt.images'
 rules, encrypt per owner in one vectorised call, encode; rejects to errors.jsonl) -> count per (split, owner)
@@ -21,6 +27,7 @@ them would hold every raw record in the runner.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,7 +41,8 @@ from typing import Sequence
 from lcrypt.format import check_owner
 from lcrypt.keys import Key, KeyFileError
 from pipelines import progress
-from pipelines.options import PrepareError, add_arguments, check_beam_args, check_numbers, parse_params
+from pipelines.options import (PrepareError, add_arguments, check_beam_args, check_numbers, dask_wanted,
+                               load_dask, parse_params)
 
 def add_command(subparsers) -> None:
     """The `lcrypt prepare` plugin (declared in pyproject's lcrypt.commands entry points)."""
@@ -93,13 +101,18 @@ def is_local_runner(options) -> bool:
 
 
 def make_pipeline(options):
-    """A Pipeline on the requested runner; the Python direct engine (never Prism) for DirectRunner."""
+    """A Pipeline on the requested runner; the Python direct engine (never Prism) for DirectRunner, and
+    lcrypt's fixed DaskRunner for ``--runner dask`` (pipelines/daskrunner.py)."""
     import apache_beam as beam
 
     if is_local_runner(options):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return beam.Pipeline(runner=FnApiRunner(), options=options)
+    if dask_wanted(options):
+        from pipelines.daskrunner import LcryptDaskRunner
+
+        return beam.Pipeline(runner=LcryptDaskRunner(), options=options)
     return beam.Pipeline(options=options)
 
 
@@ -110,7 +123,8 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
 
     from pipelines.sources import ReadRecords
     from pipelines.encrypt import EncryptChunkFn, dead_letter_reads, dead_letter_rows
-    from pipelines.transforms import AssignShardsFn, ClassNamesFn, FinalizeFn, WriteShardFn, add_pairs
+    from pipelines.transforms import (AssignShardsFn, ClassNamesFn, FinalizeFn, WriteShardFn, add_pairs,
+                                     chunk_classes)
 
     chunks = p | "ReadRecords" >> ReadRecords(source, config.chunk, config.read_parts)
     if class_names is not None:
@@ -118,7 +132,8 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
     else:
         # One combine (partial sets in the read stage, one merge): a Distinct + ToList chain cost two
         # more stages.
-        names = chunks | "AllClasses" >> beam.CombineGlobally(ClassNamesFn())
+        names = (chunks | "ChunkClasses" >> beam.Map(chunk_classes)
+                 | "AllClasses" >> beam.CombineGlobally(ClassNamesFn()))
     # Per-record rejections, decoder isolation and per-record retries of a failed chunk happen inside
     # EncryptChunkFn; Beam's dead-letter output is the backstop for anything that still escapes a chunk.
     # threshold=1.0: the reject-rate check is per record, in Finalize (--max-reject-rate).
@@ -267,9 +282,16 @@ def known_failure(exc: BaseException) -> str | None:
     In-process runners re-raise the DoFn's exception; others pass its text on, so the text is searched.
     """
     from pipelines.outdir import WriteFailed
+    from pipelines.sources import SourceUnreadable
     from pipelines.transforms import RejectRateExceeded
 
-    for cls in (RejectRateExceeded, WriteFailed):
+    if "distributed" in sys.modules:  # a dask run: an unreachable cluster, workers that all died
+        from pipelines.daskrunner import failure_line
+
+        line = failure_line(exc)
+        if line:
+            return line
+    for cls in (RejectRateExceeded, WriteFailed, SourceUnreadable):
         text = str(exc)
         if isinstance(exc, cls):
             return text.split(" [while running")[0]
@@ -296,27 +318,48 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     quiet_beam_logging()
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from apache_beam.options.pipeline_options import DirectOptions
+
     from pipelines import outdir
     from pipelines.runlock import claim_out, left_behind
 
+    cleanup = contextlib.ExitStack()  # a local dask cluster, closed on every way out
+    workers = None
     try:
         parser = argparse.ArgumentParser(allow_abbrev=False)
         add_arguments(parser)
+        load_dask(beam_args)
         check_beam_args(beam_args, parser)
         source, config, declared, scheme_info = plan(args)
+        options = PipelineOptions(list(beam_args))
+        local_workers = options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
+        if dask_wanted(options):
+            from pipelines.daskrunner import DaskClusterError, cluster
+
+            try:
+                workers = cleanup.enter_context(cluster(options, local_workers))
+            except DaskClusterError as exc:
+                raise PrepareError(str(exc)) from None
+            if workers.daemonic and args.isolate_decoders:
+                raise PrepareError(
+                    f"the dask workers at {workers.address} are daemonic processes, which cannot fork the "
+                    "decoder subprocess of --isolate-decoders; start them with "
+                    "DASK_DISTRIBUTED__WORKER__DAEMON=False, or pass --no-isolate-decoders")
         lock = claim_out(args.out, args.overwrite)
     except (PrepareError, outdir.OutError, outdir.WriteFailed) as exc:
+        cleanup.close()
         print(f"lcrypt prepare: error: {exc}", file=sys.stderr)
         return 2
-    options = PipelineOptions(list(beam_args))
     if not args.read_parts:
-        from apache_beam.options.pipeline_options import DirectOptions
-
-        config.read_parts = max(1, options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1)
+        config.read_parts = max(1, workers.threads if workers else local_workers)
     t0 = time.perf_counter()
     stop = threading.Event()
     watcher = None
-    if is_local_runner(options):  # workers on this machine drop their counters in a local folder
+    if workers and not workers.local and not args.quiet:
+        print(f"lcrypt prepare: running on the dask cluster at {workers.address}; live progress is the "
+              "cluster's dashboard (its workers may not share this machine's files)", file=sys.stderr)
+    if is_local_runner(options) or (workers and workers.local):
+        # workers on this machine drop their counters in a local folder
         config.progress_dir = progress.folder()
         watcher = threading.Thread(target=progress.watch, args=(config.progress_dir, stop, args.quiet),
                                    daemon=True)
@@ -351,6 +394,7 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         if not finished:
             outdir.remove_scratch(config.out)
         lock.release(finished)
+        cleanup.close()
     return summarize(args, config, time.perf_counter() - t0)
 
 

@@ -8,6 +8,8 @@ Beam encodes with its schema coder (RowCoder, registered here) instead of pickle
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Iterator
 
 import apache_beam as beam
@@ -26,8 +28,44 @@ class ReadUnitFn(beam.DoFn):
     def __init__(self, source: Source):
         self.source = source
 
+    def setup(self):
+        """A worker that cannot see the source says so, instead of rejecting every file as unreadable."""
+        from pipelines.beamstorage import pipeline_storage
+
+        path = self.source.path
+        if not pipeline_storage(path).exists(path):
+            raise SourceUnreadable(f"{worker_name()} cannot read --source {path}: not found there; every "
+                                   "worker must reach the source at the same path (a shared file system, "
+                                   "or gs://...)")
+
     def process(self, unit) -> Iterator[Record]:
-        yield from self.source.read_unit(tuple(unit))
+        try:
+            yield from self.source.read_unit(tuple(unit))
+        except OSError as exc:  # a worker elsewhere may not see what the driver saw
+            raise SourceUnreadable(
+                f"{worker_name()} cannot read --source {self.source.path} ({unit[0]}): "
+                f"{exc.strerror or exc}; every worker must reach the source at the same path "
+                "(a shared file system, or gs://...)") from None
+
+
+def worker_name() -> str:
+    """Which worker this is, for error messages: the dask worker's address, else the host and pid."""
+    try:
+        from distributed import get_worker
+
+        return f"dask worker {get_worker().address}"
+    except (ImportError, ValueError):
+        return f"worker {socket.gethostname()} pid {os.getpid()}"
+
+
+class SourceUnreadable(OSError):
+    """A worker could not read the source; the message names the worker and the path."""
+
+    def __reduce__(self):  # shipped back from workers by its message
+        return SourceUnreadable, (str(self),)
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class ReadRecords(beam.PTransform):

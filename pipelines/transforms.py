@@ -27,15 +27,22 @@ from pipelines.beamstorage import pipeline_storage
 from pipelines.config import PrepareConfig
 
 
+def chunk_classes(chunk: list[Record]) -> set[str]:
+    """The class names of a chunk's records (not rejected for their layout): what AllClasses combines, so
+    only names travel to the combine, never the raw records (a runner that does not lift combiners, such
+    as dask, would otherwise ship every raw image to one task)."""
+    return {r.class_name for r in chunk if r.class_name and not r.layout_error}
+
+
 class ClassNamesFn(beam.CombineFn):
-    """Chunks of records -> the dataset's class list: the class names of the records not rejected
-    (lcrypt.sources.base.classes_from_names: sorted, stable)."""
+    """Sets of class names -> the dataset's class list (lcrypt.sources.base.classes_from_names: sorted,
+    stable)."""
 
     def create_accumulator(self) -> set:
         return set()
 
-    def add_input(self, acc: set, chunk: list[Record]) -> set:
-        acc.update(r.class_name for r in chunk if r.class_name and not r.layout_error)
+    def add_input(self, acc: set, names: set[str]) -> set:
+        acc.update(names)
         return acc
 
     def merge_accumulators(self, accs) -> set:
