@@ -26,6 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PARAMS = {"plain": [], "pe": [], "etc": ["--param", "block_size=16"], "le": ["--param", "block_size=4"]}
 
 
+def recipe(kernel: int = 3, epochs: int = 2, batch_size: int = 128) -> list[str]:
+    """The check's training flags: ConvMixer-64/4 (patch 2), AdamW, cosine, one process, no workers."""
+    return ["--model", "convmixer", "--width", "64", "--depth", "4", "--patch", "2", "--kernel", str(kernel),
+            "--epochs", str(epochs), "--batch-size", str(batch_size), "--opt", "adamw", "--lr", "0.005",
+            "--weight-decay", "0.05", "--sched", "cosine", "--warmup-epochs", "0.2",
+            "--memory-format", "channels_last", "--workers", "0", "--quiet"]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     here = Path(__file__).resolve().parents[1]
@@ -63,13 +71,8 @@ def main(argv=None) -> int:
         prep_s = time.perf_counter() - t0
         out = work / f"run-{run.replace(':', '-')}"
         t1 = time.perf_counter()
-        rc = train(["--data", str(data / "manifest.json"), "--out", str(out), "--model", "convmixer",
-                    "--width", "64", "--depth", "4", "--patch", "2", "--kernel", str(args.kernel),
-                    "--epochs", str(args.epochs),
-                    "--batch-size", str(args.batch_size), "--opt", "adamw", "--lr", "0.005",
-                    "--weight-decay", "0.05", "--sched", "cosine", "--warmup-epochs", "0.2",
-                    "--memory-format", "channels_last", "--workers", "0", "--adapt", adapt or "none",
-                    "--quiet"])
+        rc = train(["--data", str(data / "manifest.json"), "--out", str(out),
+                    *recipe(args.kernel, args.epochs, args.batch_size), "--adapt", adapt or "none"])
         if rc:
             return rc
         s = json.loads((out / "summary.json").read_text())
