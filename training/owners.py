@@ -273,9 +273,11 @@ def input_layer(model: nn.Module) -> tuple[str, nn.Module, tuple[int, ...] | Non
 
 
 def owner_model(model: nn.Module, adapters: int) -> OwnerModel:
-    """``model`` with its input layer (:func:`input_layer`) copied once per owner."""
+    """``model`` with its input layer (:func:`input_layer`) once per owner, each initialised on its own
+    (:func:`fresh_copy`): owners' keys are unrelated, so no owner's layer starts from another's, and
+    whatever two owners' layers share after training was learned (see lcrypt.attacks.adapter_leak)."""
     path, layer, pos_shape = input_layer(model)
-    routed = RoutedInput([copy.deepcopy(layer) for _ in range(adapters)], pos_shape)
+    routed = RoutedInput([layer] + [fresh_copy(layer) for _ in range(adapters - 1)], pos_shape)
     model.set_submodule(path, routed)
     return OwnerModel(model, path)
 
