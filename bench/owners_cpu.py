@@ -35,7 +35,8 @@ OWNERS = {"one": {"k0": ["*"]},
 
 def subset(source: Path, out: Path, per_split: dict[str, int]) -> None:
     """The first ``per_split[split]`` images of each class of the ImageFolder archive, as files."""
-    if (out / ".done").exists():
+    done = out.with_name(out.name + ".done")  # beside the tree: prepare reads every file in it
+    if done.exists():
         return
     with tarfile.open(source) as tar:
         for m in tar:
@@ -46,7 +47,7 @@ def subset(source: Path, out: Path, per_split: dict[str, int]) -> None:
                 dest = out / parts[-3] / parts[-2] / parts[-1]
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(tar.extractfile(m).read())
-    (out / ".done").write_text("")
+    done.write_text("")
 
 
 def main(argv=None) -> int:
@@ -107,10 +108,11 @@ def main(argv=None) -> int:
             one, pooled, adapt = r["one key"], r[f"{n} pooled"], r[f"{n} adapters"]
             gap = one["top1"] - pooled["top1"]
             recovered = (adapt["top1"] - pooled["top1"]) / gap if abs(gap) >= 0.5 else None
+            share = f"{recovered:.0%}" if recovered is not None else "-"
+            speed = adapt["images_per_s"] / pooled["images_per_s"]
             rows.append([scheme, n, f"{one['top1']:.2f}", f"{pooled['top1']:.2f}", f"{adapt['top1']:.2f}",
-                         f"{sum(alone) / len(alone):.2f}", f"{recovered:.0%}" if recovered is not None else "-",
-                         round(one["images_per_s"]), round(pooled["images_per_s"]),
-                         round(adapt["images_per_s"]), f"{adapt['images_per_s'] / pooled['images_per_s']:.2f}"])
+                         f"{sum(alone) / len(alone):.2f}", share, round(one["images_per_s"]),
+                         round(pooled["images_per_s"]), round(adapt["images_per_s"]), f"{speed:.2f}"])
     print(format_table(rows, ["scheme", "owners", "one key %", "pooled %", "adapters %", "alone % (mean)",
                               "gap recovered", "one img/s", "pooled img/s", "adapters img/s",
                               "adapters/pooled"]))
