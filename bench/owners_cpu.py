@@ -1,7 +1,7 @@
 """Many owners' keys, one model: one key vs pooled owners vs owner adapters vs each owner alone (CPU).
 
-    python bench/owners_cpu.py [--source ../shared/datasets/cifar10-jpeg.tar.gz] [--train-per-class 800]
-        [--test-per-class 200] [--epochs 2] [--schemes etc,pe,le]
+    python bench/owners_cpu.py [--source ../shared/datasets/cifar10-jpeg.tar.gz] [--train-per-class 400]
+        [--test-per-class 100] [--epochs 1] [--schemes etc,pe,le]
 
 A CIFAR-10 subset (the first ``--train-per-class`` / ``--test-per-class`` images of each class) is
 encrypted by the real `prepare` pipeline three times per scheme: under one key; split between two owners
@@ -56,9 +56,9 @@ def main(argv=None) -> int:
     p.add_argument("--source", default=str(here.parent / "shared/datasets/cifar10-jpeg.tar.gz"))
     p.add_argument("--work", default="/tmp/lcrypt-owners")
     p.add_argument("--schemes", default="etc,pe,le")
-    p.add_argument("--train-per-class", type=int, default=800)
-    p.add_argument("--test-per-class", type=int, default=200)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--train-per-class", type=int, default=400)
+    p.add_argument("--test-per-class", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=1)
     args = p.parse_args(argv)
     from lcrypt import Key
     from lcrypt.table import format_table
@@ -99,12 +99,14 @@ def main(argv=None) -> int:
             s = json.loads(summary.read_text())
             results[f"{scheme}/{label}"] = {"top1": s["top1"], "images_per_s": s["images_per_s"],
                                             "train_s": s["train_s"], "steps": s["steps"]}
-        (work / "owners.json").write_text(json.dumps(results, indent=1))
+            (work / "owners.json").write_text(json.dumps(results, indent=1))
     rows = []
     for scheme in args.schemes.split(","):
         r = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith(scheme + "/")}
         for n, count in (("2", "two"), ("4", "four")):
             alone = [v["top1"] for k, v in r.items() if k.startswith(f"{count} alone")]
+            if not alone:
+                continue
             one, pooled, adapt = r["one key"], r[f"{n} pooled"], r[f"{n} adapters"]
             gap = one["top1"] - pooled["top1"]
             recovered = (adapt["top1"] - pooled["top1"]) / gap if abs(gap) >= 0.5 else None
