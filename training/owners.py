@@ -12,7 +12,7 @@ block-wise cipher that applies the same pixel shuffle P and sign flips S (negati
 sign flip after normalising with mean = std = 0.5) in every M×M block maps each flattened block x to
 x' = S·P·x. A patch embedding with patch = block computes E·x per block; the layer E' = E·Pᵀ·S gives
 E'·x' = E·Pᵀ·S·S·P·x = E·x (S² = I, PᵀP = I), so the shared body sees exactly the plain features: the
-key is absorbed *exactly* (MaungMaung & Kiya 2022, sec. III-C; the key-based model conversion issue).
+key is absorbed *exactly* (MaungMaung & Kiya 2022, sec. III-C).
 A ViT's per-owner position embedding also absorbs a permutation of whole blocks (block scrambling)
 exactly, since positions are then only relabelled. Everywhere else the per-owner layer can only
 *learn* an approximation: EtC's per-block rotation, flip and colour shuffle differ from block to block
