@@ -176,7 +176,7 @@ def test_adapters_predict_by_key_and_add_an_owner_with_the_body_frozen(owners, t
     assert "red_000.png" in capsys.readouterr().out
     assert predict(["--checkpoint", str(tmp_path / "ad/checkpoint.pt"), "--key", str(root / "carol.key"),
                     *images]) == 2
-    assert "is not the key of an owner this model was trained on (alice" in one_error_line(capsys)
+    assert "not one this model was trained with (its training owners' keys: alice" in one_error_line(capsys)
     # carol joins later: only her adapter trains, on her shards; everything else stays as it was
     assert train(owners["three"], tmp_path, "add", "--add-owner", "carol", "--init-from",
                  str(tmp_path / "ad/checkpoint.pt")) == 0
@@ -208,7 +208,7 @@ def test_a_model_without_adapters_refuses_another_owners_key_in_predict(owners, 
     capsys.readouterr()
     assert predict(["--checkpoint", str(tmp_path / "bob/checkpoint.pt"), "--key",
                     str(owners["root"] / "alice.key"), image]) == 2
-    assert "not the key of an owner this model was trained on (bob" in one_error_line(capsys)
+    assert "not one this model was trained with (its training owners' keys: bob (" in one_error_line(capsys)
 
 
 # -- what an adapter leaks ------------------------------------------------------------------------

@@ -329,5 +329,5 @@ def adapter_for(ckpt: dict, key_id: str) -> int | None:
         if o["key_id"] == key_id:
             return o["adapter"]
     trained = ", ".join(f"{o['name']} ({o['key_id']})" for o in owners)
-    raise ValueError(f"key {key_id} is not the key of an owner this model was trained on ({trained}); use "
-                     "the key file of one of them")
+    raise ValueError(f"key {key_id} is not one this model was trained with (its training owners' keys: "
+                     f"{trained}); use the key file of one of them")
