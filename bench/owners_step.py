@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python bench/owners_step.py [--owners 4] [--steps 30] [--rounds 5]
 
 bench/accuracy_cpu.py's model (ConvMixer-64/4, patch 2, kernel 3, batch 128, 32x32) as one model and
+in channels_last as the recipe trains it, and
 with ``--owners`` per-owner patch embeddings (training.owners), each sample's owner drawn at random so
 every batch mixes all owners. The two alternate in rounds of ``--steps`` forward+backward+AdamW steps on
 the same random batches, so a busy machine slows both alike; prints the median of the rounds' images/s
@@ -36,7 +37,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
 
     def build():
-        return create_model("convmixer", 10, 32, None, width=64, depth=4, patch=2, kernel=3)
+        model = create_model("convmixer", 10, 32, None, width=64, depth=4, patch=2, kernel=3)
+        return model.to(memory_format=torch.channels_last)  # as the recipe's --memory-format
 
     models = {"shared input layer": build(),
               f"{args.owners} owner adapters": owner_model(build(), args.owners)}

@@ -84,20 +84,29 @@ def test_every_batch_carries_each_samples_owner_and_batches_mix_owners(owners):
 
 
 # -- the model ------------------------------------------------------------------------------------
-def test_routed_input_gives_each_sample_its_owners_layer_and_gradient():
+@pytest.mark.parametrize("kind", ["patch convolutions (stacked weights)", "any layer (grouped by owner)"])
+def test_routed_input_gives_each_sample_its_owners_layer_and_gradient(kind):
     torch.manual_seed(0)
-    layers = [nn.Conv2d(3, 4, 2, stride=2) for _ in range(3)]
+    if kind.startswith("patch"):
+        layers = [nn.Conv2d(3, 4, 2, stride=2) for _ in range(3)]
+    else:
+        layers = [nn.Sequential(nn.Conv2d(3, 4, 2, stride=2), nn.BatchNorm2d(4)).eval() for _ in range(3)]
+        for m in layers:
+            nn.init.normal_(m[1].running_mean)
     routed = RoutedInput(layers, pos_shape=(4, 2, 2))
-    for i, p in enumerate(routed.pos):
+    assert routed.patchwise() == kind.startswith("patch")
+    for p in routed.pos:
         nn.init.normal_(p)
     x, owner = torch.randn(7, 3, 4, 4), torch.tensor([2, 0, 2, 1, 0, 0, 2])
     routed.owner = owner
     out = routed(x)
     want = torch.stack([layers[o](x[i:i + 1])[0] + routed.pos[o] for i, o in enumerate(owner.tolist())])
     torch.testing.assert_close(out, want)
-    routed.owner = torch.tensor([0, 0, 2, 2, 0, 0, 2])  # owner 1 absent: its layer gets no gradient
+    routed.owner = torch.tensor([0, 0, 2, 2, 0, 0, 2])  # owner 1 absent: its layer learns nothing
     routed(x).sum().backward()
-    assert layers[1].weight.grad is None and layers[0].weight.grad is not None
+    weights = [m.weight if isinstance(m, nn.Conv2d) else m[0].weight for m in layers]
+    assert weights[1].grad is None or not weights[1].grad.any()
+    assert weights[0].grad.abs().sum() > 0 and weights[2].grad.abs().sum() > 0
 
 
 def test_a_per_owner_patch_embedding_absorbs_a_block_shuffle_and_sign_key_exactly():

@@ -22,8 +22,10 @@ with the patch), LE's nibble flips (not linear in the pixel value), and any patc
 block. The adaptation networks (``--adapt pe|block``) are per-owner as a whole: a small non-linear
 network per owner, learned.
 
-Routing is vectorised: each batch is grouped by owner once (one sort, one gather, one scatter), and
-each owner's layer runs on its contiguous slice; there is no Python loop over samples.
+Routing is vectorised, with no Python loop over samples: per-owner patch convolutions run as one batched
+matrix product of each sample's patches with its owner's weights (index_select over the stacked weights);
+any other per-owner layer (the adaptation networks, with their batch norms) runs once per owner on its
+samples, the batch grouped by owner once (one sort, one gather, one scatter).
 """
 
 from __future__ import annotations
@@ -195,10 +197,18 @@ class RoutedInput(nn.Module):
         y = self.layers[index](x)
         return y + self.pos[index] if self.pos is not None else y
 
+    def patchwise(self) -> bool:
+        """Whether every owner's layer is a bias-carrying patch convolution (kernel = stride, no padding):
+        then :meth:`forward` runs them all as one batched matrix product."""
+        return all(type(m) is nn.Conv2d and m.kernel_size == m.stride and m.padding == (0, 0)
+                   and m.groups == 1 and m.dilation == (1, 1) and m.bias is not None for m in self.layers)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         owner = self.owner
         if owner is None:
             raise RuntimeError("an owner-adapter model needs each sample's owner: call it as model(x, owner)")
+        if self.patchwise():
+            return self.stacked(x, owner)
         counts = torch.bincount(owner, minlength=len(self.layers)).tolist()  # one host sync per batch
         if len(counts) > len(self.layers):
             raise ValueError(f"owner index {len(counts) - 1} has no adapter (adapters: {len(self.layers)})")
@@ -209,6 +219,20 @@ class RoutedInput(nn.Module):
         parts = x.index_select(0, order).split(counts)
         out = torch.cat([self.one(i, part) for i, part in enumerate(parts) if counts[i]])
         return torch.empty_like(out).index_copy(0, order, out)
+
+    def stacked(self, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        """Patch convolutions as one ``baddbmm`` of each sample's patches with its owner's weights
+        (index_select over the stacked weights): no regrouping of the batch."""
+        n, _, h, w = x.shape
+        ph, pw = self.layers[0].stride
+        weight = torch.stack([m.weight.flatten(1) for m in self.layers]).index_select(0, owner)
+        bias = torch.stack([m.bias for m in self.layers]).index_select(0, owner).unsqueeze(2)
+        patches = nn.functional.unfold(x, (ph, pw), stride=(ph, pw))  # (B, C·ph·pw, L)
+        out = torch.baddbmm(bias, weight, patches).view(n, -1, h // ph, w // pw)
+        if self.pos is not None:
+            out = out + torch.stack(list(self.pos)).index_select(0, owner)
+        return out.contiguous(memory_format=torch.channels_last if x.is_contiguous(
+            memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format)
 
 
 class OwnerModel(nn.Module):
