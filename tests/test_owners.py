@@ -135,6 +135,15 @@ def test_input_layers_found_and_refused():
     assert input_layer(create_model("convmixer", 3, 16, 4, width=8, depth=1))[0] == "stem.0"
     path, _, pos = input_layer(create_model("vit", 3, 16, 4, width=32, depth=1))
     assert path == "patch_embed.proj" and pos == (32, 4, 4)  # ViT: a per-owner position embedding too
+    vit = owner_model(create_model("vit", 3, 16, 4, width=32, depth=1), 2).eval()
+    with torch.no_grad():
+        vit.routed.layers[1].load_state_dict(vit.routed.layers[0].state_dict())
+        x = torch.randn(1, 3, 16, 16).expand(2, -1, -1, -1)
+        same = vit(x, torch.tensor([0, 1]))
+        vit.routed.pos[1].normal_()  # now only owner 1's position embedding differs
+        out = vit(x, torch.tensor([0, 1]))
+    assert out.shape == (2, 3) and torch.allclose(same[0], same[1]) and not torch.allclose(out[0], out[1])
+    torch.testing.assert_close(out[0], same[0])
     assert input_layer(create_model("resnet18", 3, 16, None, adapt="pe"))[0] == "adapter"
     with pytest.raises(ValueError, match="no input layer to specialise"):
         input_layer(create_model("resnet18", 3, 16, None))
