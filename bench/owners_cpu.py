@@ -1,7 +1,7 @@
 """Many owners' keys, one model: one key vs pooled owners vs owner adapters vs each owner alone (CPU).
 
     python bench/owners_cpu.py [--source ../shared/datasets/cifar10-jpeg.tar.gz] [--train-per-class 400]
-        [--test-per-class 100] [--epochs 1] [--schemes etc,pe,le]
+        [--test-per-class 100] [--epochs 2] [--schemes etc,pe,le]
 
 A CIFAR-10 subset (the first ``--train-per-class`` / ``--test-per-class`` images of each class) is
 encrypted by the real `prepare` pipeline three times per scheme: under one key; split between two owners
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("--schemes", default="etc,pe,le")
     p.add_argument("--train-per-class", type=int, default=400)
     p.add_argument("--test-per-class", type=int, default=100)
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=2)
     args = p.parse_args(argv)
     from lcrypt import Key
     from lcrypt.table import format_table
