@@ -52,7 +52,6 @@ PAPERS = {
     "cpbe": None,             # Ahmad & Shin, Fig. 2: "preserved the model performance"
     "ahmad-diffusion": None,  # Ahmad & Shin, Fig. 2: about 7 points above ELE
 }
-MODEL = ["--model", "convmixer", "--width", "64", "--depth", "4", "--patch", "2"]
 
 
 def small_source(source: str, limit: int, folder: Path) -> Path:
@@ -83,6 +82,14 @@ def paper_text(scheme: str) -> str:
         return "—" if scheme not in PAPERS else "not in the text (Fig. 2)"
     top1, plain, _ = paper
     return f"{top1:g} / {plain:g} = {top1 / plain:.3f}"
+
+
+def recipe(kernel: int = 3, epochs: int = 2, batch_size: int = 128) -> list[str]:
+    """The check's training flags: ConvMixer-64/4 (patch 2), AdamW, cosine, one process, no workers."""
+    return ["--model", "convmixer", "--width", "64", "--depth", "4", "--patch", "2", "--kernel", str(kernel),
+            "--epochs", str(epochs), "--batch-size", str(batch_size), "--opt", "adamw", "--lr", "0.005",
+            "--weight-decay", "0.05", "--sched", "cosine", "--warmup-epochs", "0.2",
+            "--memory-format", "channels_last", "--workers", "0", "--quiet"]
 
 
 def main(argv=None) -> int:
@@ -137,12 +144,8 @@ def main(argv=None) -> int:
         blockless = get_scheme(scheme).info.block_size is None
         block = ["--adapt-block", str(ADAPT_BLOCK)] if adapt == "block" and blockless else []
         t1 = time.perf_counter()
-        rc = train(["--data", str(data / "manifest.json"), "--out", str(runs), "--name", name, *MODEL,
-                    "--kernel", str(args.kernel), "--epochs", str(args.epochs),
-                    "--batch-size", str(args.batch_size), "--opt", "adamw", "--lr", "0.005",
-                    "--weight-decay", "0.05", "--sched", "cosine", "--warmup-epochs", "0.2",
-                    "--memory-format", "channels_last", "--workers", "0", "--adapt", adapt, *block,
-                    "--quiet"])
+        rc = train(["--data", str(data / "manifest.json"), "--out", str(runs), "--name", name,
+                    *recipe(args.kernel, args.epochs, args.batch_size), "--adapt", adapt, *block])
         if rc:
             return rc
         s = json.loads((runs / name / "summary.json").read_text())

@@ -202,14 +202,26 @@ def _slot_draws(rng: np.random.Generator, size: int, count: int | None, block: i
 
 
 def decode_batch(samples: list[Sample], shape: Sequence[int] | None = None,
-                 num_classes: int | None = None) -> dict[str, Any]:
+                 num_classes: int | None = None, owner_of: dict[str, int] | None = None) -> dict[str, Any]:
     """Decode a batch's samples with lcrypt.format (safe decoders only) into uint8 images and labels;
-    ``shape`` and ``num_classes`` are the manifest's (image size and label range checked)."""
+    ``shape`` and ``num_classes`` are the manifest's (image size and label range checked). With
+    ``owner_of`` (shard URL -> owner index, :func:`owner_index`) the batch also holds ``owner``, an int64
+    tensor of each sample's owner: batches mix owners, and the model routes them in one tensor op."""
     import torch
 
     images, labels = decode_samples(samples, shape, num_classes)
-    return {"image": torch.from_numpy(images), "label": torch.from_numpy(labels),
-            "key": [s[0] for s in samples]}
+    batch = {"image": torch.from_numpy(images), "label": torch.from_numpy(labels),
+             "key": [s[0] for s in samples]}
+    if owner_of is not None:
+        batch["owner"] = torch.tensor([owner_of[s[4]] for s in samples], dtype=torch.int64)
+    return batch
+
+
+def owner_index(manifest: Manifest, entries: Sequence[ShardEntry]) -> list[int]:
+    """Each shard's owner as its index in ``manifest.owners`` (sorted by name): a sample's owner is its
+    shard's, since `prepare` writes each shard for one (split, owner)."""
+    names = {o.name: i for i, o in enumerate(manifest.owners)}
+    return [names[e.owner] for e in entries]
 
 
 class ShardDataset:
@@ -237,6 +249,7 @@ class ShardDataset:
             raise ValueError(f"split {split!r} has no shards in {self.base}")
         self.urls = [resolve_shard(self.base, e.path) for e in self.entries]
         self.counts = [e.count for e in self.entries]
+        self.owner_of = dict(zip(self.urls, owner_index(self.manifest, self.entries)))
         self.image_shape = tuple(self.manifest.image_shape)
         self.num_classes = self.manifest.num_classes or None
         self.epoch, self.start_step = 0, 0
@@ -291,7 +304,7 @@ class ShardDataset:
         collections.deque(itertools.islice(stream, min(skip * self.batch_size, wp.num_samples)), maxlen=0)
         done = 0
         while batch := list(itertools.islice(stream, self.batch_size)):
-            yield decode_batch(batch, self.image_shape, self.num_classes)
+            yield decode_batch(batch, self.image_shape, self.num_classes, self.owner_of)
             done += 1
         if done + skip != wp.num_batches and skip <= wp.num_batches:
             raise RuntimeError(f"worker {worker} yielded {done + skip} batches, planned {wp.num_batches}")

@@ -24,7 +24,7 @@ import torch
 
 from lcrypt.format import ShardFormatError, decode_samples
 from loaders import plan as planning
-from loaders.dataset import check_key_ids, load_manifest, read_shard, resolve_shard
+from loaders.dataset import check_key_ids, load_manifest, owner_index, read_shard, resolve_shard
 
 
 def read_split(manifest: str | os.PathLike, split: str, owner: str | None = None, threads: int = 8,
@@ -48,14 +48,25 @@ def read_split(manifest: str | os.PathLike, split: str, owner: str | None = None
             [k for p in parts for k in p[2]])
 
 
+def split_owners(manifest: str | os.PathLike, split: str, owner: str | None = None) -> np.ndarray:
+    """Each sample's owner index (int64, :func:`loaders.dataset.owner_index`) in :func:`read_split`'s
+    order: the shards' owners repeated by their (checked) counts."""
+    m, _ = load_manifest(manifest)
+    entries = m.shards_for(split, owner)
+    return np.repeat(np.asarray(owner_index(m, entries), dtype=np.int64), [e.count for e in entries])
+
+
 class GPUResident:
-    """Batches ``{"image": uint8 (B, H, W, 3), "label": int64}`` from device memory, per rank."""
+    """Batches ``{"image": uint8 (B, H, W, 3), "label": int64, "owner": int64}`` from device memory, per
+    rank (``owner`` when given)."""
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, batch_size: int,
                  device: str | torch.device = "cuda", rank: int = 0, world: int = 1, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = True, cover_all: bool = False):
+                 seed: int = 0, drop_last: bool = True, cover_all: bool = False,
+                 owners: np.ndarray | torch.Tensor | None = None):
         self.images = torch.as_tensor(images).to(device, non_blocking=True)
         self.labels = torch.as_tensor(labels).to(device, non_blocking=True)
+        self.owners = None if owners is None else torch.as_tensor(owners).to(device, non_blocking=True)
         self.batch_size, self.rank, self.world = int(batch_size), int(rank), int(world)
         self.shuffle, self.seed, self.drop_last, self.cover_all = shuffle, int(seed), drop_last, cover_all
         self.epoch, self.start_step = 0, 0
@@ -63,9 +74,9 @@ class GPUResident:
     @classmethod
     def from_manifest(cls, manifest: str | os.PathLike, split: str, batch_size: int, **kwargs: Any
                       ) -> "GPUResident":
-        expect = kwargs.pop("expect_key_ids", None)
-        images, labels, _ = read_split(manifest, split, expect_key_ids=expect)
-        return cls(images, labels, batch_size, **kwargs)
+        expect, owner = kwargs.pop("expect_key_ids", None), kwargs.pop("owner", None)
+        images, labels, _ = read_split(manifest, split, owner, expect_key_ids=expect)
+        return cls(images, labels, batch_size, owners=split_owners(manifest, split, owner), **kwargs)
 
     @property
     def num_samples(self) -> int:
@@ -103,4 +114,7 @@ class GPUResident:
         idx = self.indices()
         for s in range(self.start_step * self.batch_size, len(idx), self.batch_size):
             take = idx[s:s + self.batch_size]
-            yield {"image": self.images[take], "label": self.labels[take], "index": take}
+            batch = {"image": self.images[take], "label": self.labels[take], "index": take}
+            if self.owners is not None:
+                batch["owner"] = self.owners[take]
+            yield batch

@@ -17,6 +17,7 @@ import torch
 
 from training.depthwise import CHOICES as DEPTHWISE_CHOICES
 from training.errors import TrainError
+from training.owners import add_arguments as owner_arguments
 from training.models import (ARCHITECTURE_FIELDS, OPTIONS, known_model, list_adaptations, list_models,
                              unknown_model)
 
@@ -83,6 +84,7 @@ def build_parser(description: str, prog: str = "python -m training.train") -> ar
       "(needs the tensorboard package)")
     a("--device", default="auto", help="auto, cpu, cuda")
     a("--quiet", action="store_true", help="no progress bar")
+    owner_arguments(p)
     return p
 
 

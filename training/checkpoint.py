@@ -106,6 +106,21 @@ def load_resume(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"--resume {exc}") from None
 
 
+def check_same_data(ckpt: dict, path: str, manifest, todo: str = "use a dataset of the same scheme, "
+                    "parameters, image shape and classes") -> None:
+    """Refuse ``manifest`` unless its scheme, parameters, image shape and classes are the checkpoint's
+    (its keys may differ: ``--add-owner`` brings a new one)."""
+    data_fields = [("scheme", ckpt["scheme"], manifest.scheme),
+                   ("scheme parameters", ckpt["scheme_params"], manifest.scheme_params),
+                   ("image shape", list(ckpt["image_shape"]), list(manifest.image_shape)),
+                   ("class count", len(ckpt["class_names"]), manifest.num_classes),
+                   ("class names", list(ckpt["class_names"]), list(manifest.class_names))]
+    for field, theirs, ours in data_fields:
+        if theirs != ours:
+            raise CheckpointError(f"checkpoint {path} was trained on data with {field} {theirs!r}, but "
+                                  f"--data {manifest.name!r} has {ours!r}; {todo}")
+
+
 def check_resume(ckpt: dict, path: str, manifest, architecture: dict[str, Any]) -> None:
     """Refuse to continue a checkpoint on another dataset or another model: name the first field that
     differs, both values, and what to do."""
@@ -116,16 +131,7 @@ def check_resume(ckpt: dict, path: str, manifest, architecture: dict[str, Any]) 
         check_key_ids(manifest, ckpt["key_ids"], f"checkpoint {path}")
     except KeyMismatchError as exc:
         raise CheckpointError(str(exc)) from None
-    data_fields = [("scheme", ckpt["scheme"], manifest.scheme),
-                   ("scheme parameters", ckpt["scheme_params"], manifest.scheme_params),
-                   ("image shape", list(ckpt["image_shape"]), list(manifest.image_shape)),
-                   ("class count", len(ckpt["class_names"]), manifest.num_classes),
-                   ("class names", list(ckpt["class_names"]), list(manifest.class_names))]
-    for field, theirs, ours in data_fields:
-        if theirs != ours:
-            raise CheckpointError(f"checkpoint {path} was trained on data with {field} {theirs!r}, but "
-                                  f"--data {manifest.name!r} has {ours!r}; resume on the dataset the "
-                                  f"checkpoint was trained on, {NEW_RUN}")
+    check_same_data(ckpt, path, manifest, f"resume on the dataset the checkpoint was trained on, {NEW_RUN}")
     cfg = dict(ckpt["model_config"])
     try:
         theirs = arch_of(cfg.pop("name"), cfg.pop("adapt", "none"), cfg.pop("adapt_block", None), **cfg)

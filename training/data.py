@@ -67,8 +67,10 @@ def shard_problem(manifest, base: str, splits: list[str]) -> str | None:
     return problems[0] + more
 
 
-def create_loaders(args: argparse.Namespace, proc: Process, key_ids: list[str]) -> Loaders:
-    """Streaming loaders planned per rank, or with ``--gpu-resident`` the splits held on the device."""
+def create_loaders(args: argparse.Namespace, proc: Process, key_ids: list[str], owner: str | None = None
+                   ) -> Loaders:
+    """Streaming loaders planned per rank, or with ``--gpu-resident`` the splits held on the device;
+    ``owner``: that owner's shards only (``--owners NAME``)."""
     from loaders.gpu import GPUResident
     from loaders.torch_dataset import make_loader
 
@@ -76,14 +78,16 @@ def create_loaders(args: argparse.Namespace, proc: Process, key_ids: list[str]) 
     test = None
     if args.gpu_resident:
         train = GPUResident.from_manifest(args.data, args.train_split, args.batch_size, device=device,
-                                          rank=rank, world=world, seed=args.seed, expect_key_ids=key_ids)
+                                          rank=rank, world=world, seed=args.seed, expect_key_ids=key_ids,
+                                          owner=owner)
         if args.test_split != "none":
             test = GPUResident.from_manifest(args.data, args.test_split, 1024, device=device, rank=rank,
-                                             world=world, shuffle=False, drop_last=False, cover_all=True)
+                                             world=world, shuffle=False, drop_last=False, cover_all=True,
+                                             owner=owner)
         return Loaders(train, train, test, test, len(train))
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
     common = dict(rank=rank, world=world, num_workers=workers, pin_memory=device.type == "cuda",
-                  verify_sha256=args.verify_sha256, expect_key_ids=key_ids)
+                  verify_sha256=args.verify_sha256, expect_key_ids=key_ids, owner=owner)
     train_loader, train_ds = make_loader(args.data, args.train_split, args.batch_size, seed=args.seed,
                                          buffer=args.shuffle_buffer, **common)
     test_loader = test_ds = None

@@ -173,7 +173,18 @@ def summarize(last: dict[str, Any], identity: dict[str, Any], run: dict[str, Any
     return {"top1": last.get("test_top1"), "test_loss": last.get("test_loss"),
             "train_loss": last.get("train_loss"), **facts, "model": identity["model_config"],
             "scheme": identity["scheme"], "scheme_params": identity["scheme_params"],
-            "key_ids": identity["key_ids"], "dataset": identity["dataset"], **run}
+            "key_ids": identity["key_ids"], "dataset": identity["dataset"], "owners": identity.get("owners"),
+            **run}
+
+
+def owners_column(owners: dict[str, Any]) -> str:
+    """The summary table's owners cell: all (pooled, how many), one owner's name, or the adapters."""
+    names = [o["name"] for o in owners["owners"]]
+    if owners["mode"] == "all":
+        return f"all {len(names)}, pooled"
+    if owners["mode"] == "one":
+        return names[0]
+    return f"{len(names)} adapters" + (f" (+{names[-1]})" if owners["mode"] == "add" else "")
 
 
 def write_summary(out: Path, summary: dict[str, Any], checkpoint: Path) -> None:
@@ -183,9 +194,11 @@ def write_summary(out: Path, summary: dict[str, Any], checkpoint: Path) -> None:
 
     atomic_write(out / SUMMARY, (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode())
     top1 = f"{summary['top1']:.2f}" if summary["top1"] is not None else "-"
-    row = [summary["scheme"], summary["model"]["name"], summary["epochs"], summary["steps"], top1,
-           round(summary["images_per_s"]), round(summary["wall_s"], 1), summary["device"]]
-    header = ["scheme", "model", "epochs", "steps", "top-1 %", "images/s", "wall s", "device"]
+    owners = summary.get("owners") or {"mode": "all", "owners": []}
+    row = [summary["scheme"], summary["model"]["name"], owners_column(owners), summary["epochs"],
+           summary["steps"], top1, round(summary["images_per_s"]), round(summary["wall_s"], 1),
+           summary["device"]]
+    header = ["scheme", "model", "owners", "epochs", "steps", "top-1 %", "images/s", "wall s", "device"]
     print(format_table([row], header))
     print(f"run {summary['run']}: {out} (checkpoint: {checkpoint.name}, metrics.jsonl, metrics.csv, "
           f"curves.png, summary.json)")

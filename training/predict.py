@@ -7,7 +7,9 @@ lcrypt's rules, resized/cropped to the training image size, encrypted with the s
 checkpoint, normalised like the training data (mean 0.5, std 0.5) and classified. A key whose id is not
 among the checkpoint's training keys is refused: the model would output noise for it. A checkpoint
 written by ``lcrypt convert-model`` (a plain model folded for the owner's key, :mod:`training.convert`)
-is served the same way: it records the scheme, its parameters and the key id.
+is served the same way: it records the scheme, its parameters and the key id. A model trained with
+``--owner-adapters`` runs the key's owner's adapter (the checkpoint's ``owners`` record: owner -> key id
+-> adapter).
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ class PredictError(ValueError):
 def load_model(checkpoint: dict):
     """Rebuild the trained model (EMA weights when present) from a weights-only checkpoint."""
     from training.models import create_model
+    from training.owners import owner_model
 
     cfg = dict(checkpoint["model_config"])
     name, adapt = cfg.pop("name"), cfg.pop("adapt", "none")
     info = checkpoint.get("scheme_info") or {}
     model = create_model(name, len(checkpoint["class_names"]), checkpoint["image_shape"][0],
                          info.get("block_size"), adapt=adapt, **cfg)
+    adapters = [o for o in (checkpoint.get("owners") or {}).get("owners", []) if o["adapter"] is not None]
+    if adapters:
+        model = owner_model(model, len(adapters))
     try:
         model.load_state_dict(checkpoint["ema"] if checkpoint.get("ema") is not None else checkpoint["model"])
     except RuntimeError as exc:  # torch lists every mismatched tensor over many lines
@@ -49,10 +55,12 @@ def encrypt_for(checkpoint: dict, images: np.ndarray, key) -> np.ndarray:
     """Encrypt plain uint8 (N, H, W, 3) images as the training data was (scheme + the owner's key)."""
     from lcrypt import get_scheme
 
-    if not any(key.has_id(k) for k in checkpoint["key_ids"]):  # a checkpoint may record legacy key ids
-        raise PredictError(f"key {key.key_id} is not one this model was trained with "
-                           f"({checkpoint['key_ids']}); use the data owner's key file that encrypted the "
-                           "training set")
+    from training.owners import adapter_for
+
+    try:
+        adapter_for(checkpoint, key)
+    except ValueError as exc:
+        raise PredictError(str(exc)) from None
     return get_scheme(checkpoint["scheme"], **checkpoint["scheme_params"]).encrypt(images, key)
 
 
@@ -69,11 +77,15 @@ def read_plain(path: str, size: tuple[int, int]) -> np.ndarray:
 
 
 @torch.no_grad()
-def classify(model, encrypted: np.ndarray, top: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """``(top-k probabilities, top-k class indices)`` for encrypted uint8 images."""
+def classify(model, encrypted: np.ndarray, top: int = 5, adapter: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """``(top-k probabilities, top-k class indices)`` for encrypted uint8 images (``adapter``: the
+    owner's adapter of an owner-adapter model)."""
     from loaders.augment import normalize
 
-    probs = model(normalize(torch.from_numpy(np.ascontiguousarray(encrypted)))).softmax(1)
+    x = normalize(torch.from_numpy(np.ascontiguousarray(encrypted)))
+    extra = () if adapter is None else (torch.full((len(x),), adapter, dtype=torch.int64),)
+    probs = model(x, *extra).softmax(1)
     p, i = probs.topk(min(top, probs.shape[1]), dim=1)
     return p.numpy(), i.numpy()
 
@@ -102,7 +114,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"training.predict: error: {first_line(exc)}", file=sys.stderr)
         return 2
-    probs, idx = classify(model, enc, args.top)
+    from training.owners import adapter_for
+
+    probs, idx = classify(model, enc, args.top, adapter_for(ckpt, key))
     names = ckpt["class_names"]
     rows = [[Path(p).name, *[f"{names[i]} {pr:.2f}" for pr, i in zip(pp, ii)]]
             for p, pp, ii in zip(args.images, probs, idx)]

@@ -60,6 +60,8 @@ from training.distributed import (Process, all_reduce_sum, finish, launched, pee
 from training.errors import TrainError, warn
 from training.models import architecture, check_input, create_model, patch_mismatch
 from training.optim import create_ema, create_optimizer, create_scheduler
+from training.owners import (OwnerModel, OwnerPlan, build_owner_model, check_resume_owners, no_route,
+                             plan_owners)
 from training.outdir import MetricsLog, summarize, write_summary
 from training.estimate import cpu_estimate
 from training.runs import RunPlan, RunRecord, claim_folder, plan_run, run_config
@@ -79,6 +81,7 @@ class Training:
     amp: bool  # bf16 autocast (CUDA only)
     channels_last: bool
     after_step: Callable[[int], None] | None = None  # told the steps taken so far (the CPU estimate)
+    route: Callable[[dict], tuple] = no_route  # batch -> the model's extra inputs (owner adapters)
 
     @property
     def evaluated(self) -> nn.Module:
@@ -121,10 +124,16 @@ def train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     check_arguments(args)
     manifest, base = open_dataset(args, world=launched()[1])
     info = scheme_info(manifest)
+    owners = plan_owners(args, manifest, launched()[1])
     identity = run_identity(manifest, info, sorted(o.key_id for o in manifest.owners), model_config(args))
+    identity["owners"] = owners.record()
     model = build_model(args, manifest, info)
+    try:
+        model = build_owner_model(model, owners)
+    except (ValueError, RuntimeError) as exc:
+        raise TrainError(f"--owner-adapters with --model {args.model}: {exc}") from None
     arch = architecture(args.model, args.adapt, args.adapt_block, **model_options(args))
-    config = run_config(identity, arch)
+    config = run_config(identity, {**arch, **owners.config()})
     plan = plan_run(args, config)
     ckpt = None
     if plan.checkpoint is not None:
@@ -133,6 +142,8 @@ def train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             check_resume(ckpt, str(plan.checkpoint), manifest, arch)
         except CheckpointError as exc:
             raise TrainError(str(exc)) from None
+        if why := check_resume_owners(ckpt, str(plan.checkpoint), owners):
+            raise TrainError(why)
         if ckpt["loader"]["epoch"] >= args.epochs:
             if launched()[0] == 0:
                 print(f"run {plan.folder} has trained {ckpt['loader']['epoch']} epochs: nothing to do for "
@@ -141,7 +152,7 @@ def train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     proc = setup_distributed(args.device)
     folder, lock = claim_folder(args, manifest, base, plan, proc)
     try:
-        return train_locked(args, argv, identity, config, model, ckpt, proc, folder, plan)
+        return train_locked(args, argv, identity, config, model, ckpt, proc, folder, plan, owners, manifest)
     except READ_ERRORS as exc:  # a shard found damaged while reading: this rank stops, naming it
         from loaders.dataset import loader_error_message
 
@@ -174,7 +185,7 @@ def build_model(args: argparse.Namespace, manifest, info: dict[str, Any]) -> nn.
 
 def train_locked(args: argparse.Namespace, argv: Sequence[str] | None, identity: dict[str, Any],
                  config: dict[str, Any], model: nn.Module, ckpt: dict | None, proc: Process, folder: Path,
-                 plan: RunPlan) -> int:
+                 plan: RunPlan, owners: OwnerPlan, manifest) -> int:
     """The run itself, once every check passed and its folder is locked."""
     if proc.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -183,8 +194,9 @@ def train_locked(args: argparse.Namespace, argv: Sequence[str] | None, identity:
     t_setup = time.perf_counter()
     record = RunRecord(folder, config, args, argv, proc.is_main)
     metrics = MetricsLog(folder, record.run_id, proc.is_main, args.tensorboard, record.write_once)
-    data = create_loaders(args, proc, identity["key_ids"])
+    data = create_loaders(args, proc, identity["key_ids"], owners.read)
     t, pos = setup_training(args, identity, model, ckpt, proc, data.steps_per_epoch)
+    t.route = owners.router(manifest, proc.device)
     if plan.resumed:
         metrics.resume(pos.epoch, pos.global_step)
     if proc.device.type == "cpu" and proc.is_main:
@@ -193,7 +205,8 @@ def train_locked(args: argparse.Namespace, argv: Sequence[str] | None, identity:
     if proc.is_main and not args.quiet:
         print(f"training {args.model}{'+' + args.adapt if args.adapt != 'none' else ''} on "
               f"{identity['dataset']} ({identity['scheme']} {identity['scheme_params']}, keys "
-              f"{identity['key_ids']}) | {proc.world} x {proc.device.type} | {data.train_ds.num_samples} "
+              f"{identity['key_ids']}) | owners: {owners.describe()} | {proc.world} x {proc.device.type} | "
+              f"{data.train_ds.num_samples} "
               f"train samples, {data.steps_per_epoch} steps/epoch x {args.epochs} | "
               f"augment: {', '.join(t.augment.describe()) or 'none'} | run {record.run_id}: {folder}",
               flush=True)
@@ -251,7 +264,9 @@ def setup_training(args: argparse.Namespace, identity: dict[str, Any], model: nn
             raise TrainError(str(exc)) from None
     forward = model
     if proc.world > 1:
-        forward = nn.parallel.DistributedDataParallel(model, device_ids=[proc.local] if cuda else None)
+        forward = nn.parallel.DistributedDataParallel(  # an owner absent from a batch: its adapter unused
+            model, device_ids=[proc.local] if cuda else None,
+            find_unused_parameters=isinstance(model, OwnerModel))
     if args.compile:
         forward = torch.compile(forward)
     augment = EncryptedAugment(identity["scheme_info"], len(identity["class_names"]), AugmentConfig(
@@ -281,7 +296,7 @@ def train_epochs(args: argparse.Namespace, t: Training, data: Loaders, pos: Posi
                "images_per_s": speed.per_s, "wall_s": speed.wall()}
         sync_buffers(t.model, *([t.ema.module] if t.ema is not None else []))
         if data.test is not None:
-            ev = validate(t.evaluated, data.test, data.test_ds, proc.device, t.amp, t.channels_last)
+            ev = validate(t.evaluated, data.test, data.test_ds, proc.device, t.amp, t.channels_last, t.route)
             row.update(test_top1=ev["top1"], test_loss=ev["loss"], test_count=ev["count"])
         metrics.write(row)
         if proc.is_main and not args.quiet:
@@ -321,7 +336,7 @@ def train_one_epoch(args: argparse.Namespace, t: Training, data: Loaders, pos: P
         gen.manual_seed((args.seed * 1_000_003 + pos.global_step) * 1009 + proc.rank)
         x, target = t.augment(x, y, gen, np_seed=(args.seed, pos.global_step, proc.rank))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp):
-            logits = t.forward(x)
+            logits = t.forward(x, *t.route(batch))
         loss = t.criterion(logits.float(), target)
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -363,8 +378,8 @@ def train_one_epoch(args: argparse.Namespace, t: Training, data: Loaders, pos: P
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader, ds, device: torch.device, amp: bool, channels_last: bool
-             ) -> dict[str, Any]:
+def validate(model: nn.Module, loader, ds, device: torch.device, amp: bool, channels_last: bool,
+             route: Callable[[dict], tuple] = no_route) -> dict[str, Any]:
     """Top-1 and mean loss over the whole test split (each rank its share, summed over the ranks)."""
     from loaders.augment import normalize
 
@@ -377,7 +392,7 @@ def validate(model: nn.Module, loader, ds, device: torch.device, amp: bool, chan
         x = normalize(batch["image"].to(device, non_blocking=True), channels_last)
         y = batch["label"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
+            logits = model(x, *route(batch))
         loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         n += len(y)

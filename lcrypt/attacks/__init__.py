@@ -22,6 +22,10 @@ threat): from the weights it was converted from, the key; from another model's w
 
 The inverse network is ciphertext-only with a known data distribution: it trains on look-alike images
 encrypted under the adversary's own keys.
+
+:mod:`lcrypt.attacks.adapter_leak` (the model holder who is also one owner reads another owner's key off
+the per-owner input layers of a ``--owner-adapters`` model) works on trained weights, not on ciphertexts,
+so it is not in the registry: bench/attack_adapters.py trains the model and runs it.
 """
 
 from __future__ import annotations
