@@ -133,7 +133,8 @@ def finish(config: PrepareConfig, written: list, rejected: list[dict], read: dic
            ) -> tuple[Manifest, list[dict], list[dict], dict]:
     """``(manifest, index rows, errors rows, this run's entry of runs)`` of the dataset after this run.
 
-    --retry-failed has no reject rate to keep: its records were rejected before, and counted then.
+    The reject rate (--append) is that of the records new to the dataset: those errors.jsonl listed
+    were counted when first rejected, and --retry-failed reads only those.
     """
     c = config
     base = Base.load(c.base_dir, f"--{c.mode.replace('_', '-')}")
@@ -146,10 +147,13 @@ def finish(config: PrepareConfig, written: list, rejected: list[dict], read: dic
     rows = read_base_index(c.base_dir).to_pylist() + new_rows
     run_stats(read, new, rejected)
     n_read, n_rej = sum(read.values()), len(rejected)
-    if c.mode == "append":
-        check_new_reject_rate(rejected, n_read, c.max_reject_rate)
-    errors, resolved = merge_errors(base.errors(), rejected, {r["key"] for r in new_rows},
+    old = base.errors()
+    errors, resolved = merge_errors(old, rejected, {r["key"] for r in new_rows},
                                     [sample_key_salt(k) for k in c.keys.values()])
+    if c.mode == "append":  # records errors.jsonl listed were counted against the rate when first rejected
+        listed = {r["source"] for r in old}
+        first = [r for r in rejected if r["source"] not in listed]
+        check_new_reject_rate(first, n_read - (n_rej - len(first)) - resolved, c.max_reject_rate)
     shards = m.shards + new
     owners = [OwnerEntry(o.name, o.key_id) for o in m.owners]
     had = {o.name for o in m.owners}

@@ -74,10 +74,12 @@ def remove(out: str) -> None:
     pipeline_storage(path).delete_folder(path)
 
 
-def start(config: PrepareConfig, fingerprint: dict, base: Base | None, saved: dict | None) -> list[tuple]:
+def start(config: PrepareConfig, fingerprint: dict, base: Base | None, saved: dict | None,
+          restart: bool = False) -> list[tuple]:
     """Make the run state ready once --out is claimed. A new run: save the dataset it adds to and its
     journal. A resume: keep the complete shards (returns their rows, as WriteShardFn gives them) and
-    delete the other shard files of the interrupted run; take the saved chunk results."""
+    delete the other shard files of the interrupted run; take the saved chunk results. ``restart``: a
+    resume of a run that stopped before its journal; what it left goes, and it starts over."""
     out = config.out
     if saved is not None:
         if read_json(state_path(out, JOURNAL)) != saved:
@@ -95,6 +97,10 @@ def start(config: PrepareConfig, fingerprint: dict, base: Base | None, saved: di
         config.reuse_chunks = True
         return rows
     try:
+        if restart:
+            listed = {s.path for s in base.manifest.shards} | set(base.files) if base else set()
+            ours, _ = outdir.classify(outdir.survey(out)[0], listed, unfinished=True)
+            outdir.delete(out, [f for f in ours if f not in listed and f != outdir.LOCK_NAME])
         remove(out)
         if base is not None:
             flag = "--" + config.mode.replace("_", "-")

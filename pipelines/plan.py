@@ -116,6 +116,7 @@ class Planned:
     base: Base | None
     fingerprint: dict
     saved: dict | None = None  # --resume: the interrupted run's journal
+    restart: bool = False  # --resume of a run that stopped before its journal: it starts over
     rolled_back: bool = False  # a run that added to the dataset failed and put it back as it was
 
 
@@ -123,19 +124,27 @@ def flag_of(mode: str) -> str:
     return "--" + mode.replace("_", "-")
 
 
-def interrupted_run(out: str) -> dict:
-    """The journal of the run --resume finishes in ``out`` (one line when there is none to finish)."""
+def interrupted_run(out: str) -> tuple[dict | None, str]:
+    """``(journal, mode)`` of the run --resume finishes in ``out`` (one line when there is none). A run
+    that stopped before it wrote its journal had done nothing to keep: its mode comes from its marker
+    and it starts over."""
     store = pipeline_storage(out)
-    if not store.exists(join(out, LOCK_NAME)):
+    marker = join(out, LOCK_NAME)
+    if not store.exists(marker):
         raise PrepareError(f"--resume: --out {out} holds no unfinished prepare run (no {LOCK_NAME}): nothing "
                            "to resume")
     saved = journal.read_json(journal.state_path(out, journal.JOURNAL))
-    if saved is None:
-        what = ("the dataset in it is unchanged: delete " + join(out, LOCK_NAME) + " and run the command "
-                "again" if store.exists(join(out, MANIFEST_NAME)) else "start over with --overwrite")
-        raise PrepareError(f"--resume: the unfinished run in --out {out} stopped before it recorded its "
-                           f"options, so it cannot be resumed; {what}")
-    return saved
+    if saved is not None:
+        return saved, saved["mode"]
+    holder = journal.read_json(marker)
+    mode = holder.get("mode") if isinstance(holder, dict) else None
+    if mode is None:
+        if store.exists(join(out, MANIFEST_NAME)):
+            raise PrepareError(f"--resume: the unfinished run in --out {out} stopped before it recorded what "
+                               f"it did; the dataset in it is unchanged: delete {marker} and run the command "
+                               "again")
+        mode = "prepare"
+    return None, mode
 
 
 def base_size(base: Base, size: tuple[int, int] | None, source: Source, mode: str
@@ -178,8 +187,8 @@ def plan(args: argparse.Namespace, mode: str = "prepare", parts: int = 1) -> Pla
 
     check_numbers(args)
     out = str(args.out)
-    saved = interrupted_run(out) if mode == "resume" else None
-    run_mode = saved["mode"] if saved else ("prepare" if mode == "overwrite" else mode)
+    saved, run_mode = interrupted_run(out) if mode == "resume" else (None, mode)
+    run_mode = "prepare" if run_mode == "overwrite" else run_mode
     base = None
     if run_mode in ("append", "retry_failed"):
         folder = journal.state_path(out, journal.BASE) if saved else out
@@ -252,4 +261,5 @@ def plan(args: argparse.Namespace, mode: str = "prepare", parts: int = 1) -> Pla
     if saved is not None and (why := journal.mismatch(saved, fingerprint)):
         raise PrepareError(f"--resume: {why}; resume with the interrupted run's command and options, or "
                            "start over with --overwrite")
-    return Planned(source, config, declared, scheme.info.as_dict(h, w), units, keep, base, fingerprint, saved)
+    return Planned(source, config, declared, scheme.info.as_dict(h, w), units, keep, base, fingerprint, saved,
+                   restart=mode == "resume" and saved is None)

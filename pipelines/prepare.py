@@ -183,9 +183,10 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         parts = args.read_parts or max(1, options.view_as(DirectOptions).direct_num_workers or os.cpu_count()
                                        or 1)
         planned = plan(args, mode, parts)
-        lock = claim_out(args.out, mode)
+        lock = claim_out(args.out, mode, planned.config.mode)
         try:
-            kept = journal.start(planned.config, planned.fingerprint, planned.base, planned.saved)
+            kept = journal.start(planned.config, planned.fingerprint, planned.base, planned.saved,
+                                 planned.restart)
         except BaseException:
             lock.abandon()
             raise

@@ -73,10 +73,11 @@ class RunLock:
         self.previous = previous
         return self
 
-    def claim(self) -> None:
-        """Write this run's marker: who holds the folder, so a second run can name it."""
+    def claim(self, mode: str = "prepare") -> None:
+        """Write this run's marker: who holds the folder, so a second run can name it, and what the run
+        does (its mode: what a resume starts over with when the run stopped before its journal)."""
         try:
-            body = self.lock.write_holder(command="lcrypt prepare")
+            body = self.lock.write_holder(command="lcrypt prepare", mode=mode)
         except OSError as exc:
             raise WriteFailed(f"cannot write {self.lock.path}: {exc.strerror}") from None
         if self.remote:
@@ -109,11 +110,12 @@ class RunLock:
             self.created_out = False
 
 
-def claim_out(out: str, mode: str = "prepare"):
+def claim_out(out: str, mode: str = "prepare", run_mode: str = "prepare"):
     """Lock ``out`` for this run and make it ready: empty, or (``--overwrite``) emptied of exactly what
     an earlier prepare wrote. Refuses, deleting nothing, when it holds anything else (outdir's rules).
     ``--append`` / ``--retry-failed`` need a finished dataset there, ``--resume`` an unfinished run; both
-    keep everything (a resume drops only the temporary files of writes the interruption cut short)."""
+    keep everything (a resume drops only the temporary files of writes the interruption cut short).
+    ``run_mode``: what the run does (a resume: what it resumes), written into the marker."""
     try:
         lock = RunLock(out).acquire()
     except ValueError as exc:  # Beam has no file system for the scheme (e.g. gs:// without apache-beam[gcp])
@@ -138,8 +140,8 @@ def claim_out(out: str, mode: str = "prepare"):
         elif files or links or unfinished:
             if mode != "overwrite":
                 if outdir.MANIFEST_NAME in files:
-                    raise PrepareError(f"--out {out} already holds a dataset; pass --overwrite to replace it, "
-                                       "or --append to add to it")
+                    raise PrepareError(f"--out {out} already holds a dataset; pass --overwrite to replace "
+                                       "it, or --append to add to it")
                 if unfinished:
                     raise PrepareError(f"--out {out} holds a prepare run that did not finish ({holder}); "
                                        "pass --resume to finish it, or --overwrite to start over")
@@ -158,7 +160,7 @@ def claim_out(out: str, mode: str = "prepare"):
                                    f"write ({shown}); --overwrite deletes only prepare's own files, so "
                                    "nothing was deleted: move them away or choose another folder")
             outdir.delete(out, ours)
-        lock.claim()
+        lock.claim(run_mode)
     except BaseException:
         lock.abandon()
         raise
