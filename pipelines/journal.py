@@ -6,7 +6,8 @@
 - ``journal.json``, written before any work: the run's mode and everything that decides its output
   (:func:`fingerprint`: scheme, parameters, encoding, image size, shard size, owners and key ids, the
   source's kind, options and files). A resume computes the same from its own command and refuses,
-  naming the first difference, when they differ.
+  naming the first difference, when they differ. Also how many parts an archive was read as: a resume
+  reads it the same way (on any machine), so it meets the same chunks.
 - ``totals.json``, written once every record is counted and before the first shard is written: per
   (split, owner) the records read, the samples, their bytes, the shard count, and the ids of the records
   rejected. The shard count fixes each shard's samples (a sample's shard is its key mod the count), so a
@@ -108,7 +109,7 @@ def start(config: PrepareConfig, fingerprint: dict, base: Base | None, saved: di
                 raise PrepareError(f"{flag}: the dataset in --out {out} changed while this run started; run "
                                    "the command again")
             base.save(state_path(out, BASE))
-        write_json(state_path(out, JOURNAL), fingerprint)
+        write_json(state_path(out, JOURNAL), {"options": fingerprint, "read_parts": config.read_parts})
     except BaseException:
         remove(out)
         raise

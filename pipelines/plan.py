@@ -118,6 +118,7 @@ class Planned:
     saved: dict | None = None  # --resume: the interrupted run's journal
     restart: bool = False  # --resume of a run that stopped before its journal: it starts over
     rolled_back: bool = False  # a run that added to the dataset failed and put it back as it was
+    kept: int = 0  # --resume: complete shards of the interrupted run it kept
 
 
 def flag_of(mode: str) -> str:
@@ -135,7 +136,7 @@ def interrupted_run(out: str) -> tuple[dict | None, str]:
                            "to resume")
     saved = journal.read_json(journal.state_path(out, journal.JOURNAL))
     if saved is not None:
-        return saved, saved["mode"]
+        return saved, saved["options"]["mode"]
     holder = journal.read_json(marker)
     mode = holder.get("mode") if isinstance(holder, dict) else None
     if mode is None:
@@ -178,7 +179,8 @@ def retry_units(source: Source, ids: list[str], parts: int) -> list:
 
 
 def plan(args: argparse.Namespace, mode: str = "prepare", parts: int = 1) -> Planned:
-    """Validate options, keys and source before any work (run_args then claims --out)."""
+    """Validate options, keys and source before any work (run_args then claims --out); ``parts``: how
+    many parts a single archive is read as (a resume takes the interrupted run's)."""
     from lcrypt.images import parse_size
     from lcrypt.schemes import get_scheme
     from lcrypt.sources import open_source
@@ -188,6 +190,8 @@ def plan(args: argparse.Namespace, mode: str = "prepare", parts: int = 1) -> Pla
     check_numbers(args)
     out = str(args.out)
     saved, run_mode = interrupted_run(out) if mode == "resume" else (None, mode)
+    if saved and not args.read_parts:  # the interrupted run's read units give the same chunks (journal.py)
+        parts = saved.get("read_parts", parts)
     run_mode = "prepare" if run_mode == "overwrite" else run_mode
     base = None
     if run_mode in ("append", "retry_failed"):
@@ -242,7 +246,7 @@ def plan(args: argparse.Namespace, mode: str = "prepare", parts: int = 1) -> Pla
         max_shard_bytes=int(args.max_shard_mb * 2**20), size=size,
         expect=None if size else shape, image_shape=[h, w, 3], max_reject_rate=args.max_reject_rate,
         source_info=source.describe(), class_names=declared, owner_overlap=args.owner_overlap,
-        chunk=args.chunk, read_parts=args.read_parts or 1, isolate_decoders=args.isolate_decoders,
+        chunk=args.chunk, read_parts=parts, isolate_decoders=args.isolate_decoders,
         size_note=size_note, file_splits=source.file_splits(), mode=run_mode)
     keep = None
     if base is not None:
@@ -258,7 +262,7 @@ def plan(args: argparse.Namespace, mode: str = "prepare", parts: int = 1) -> Pla
     else:
         units = source.units(parts)
     fingerprint = journal.fingerprint(config, source, units, base.digest if base else None)
-    if saved is not None and (why := journal.mismatch(saved, fingerprint)):
+    if saved is not None and (why := journal.mismatch(saved["options"], fingerprint)):
         raise PrepareError(f"--resume: {why}; resume with the interrupted run's command and options, or "
                            "start over with --overwrite")
     return Planned(source, config, declared, scheme.info.as_dict(h, w), units, keep, base, fingerprint, saved,

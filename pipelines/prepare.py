@@ -194,7 +194,7 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         print(f"lcrypt prepare: error: {exc}", file=sys.stderr)
         return 2
     config = planned.config
-    config.read_parts = parts
+    planned.kept = len(kept)
     t0 = time.perf_counter()
     stop = threading.Event()
     watcher = None
@@ -283,6 +283,9 @@ def summarize(args: argparse.Namespace, planned: Planned, wall: float) -> int:
           f"owners: {', '.join(f'{o.name} (key {o.key_id})' for o in m.owners)}")
     if planned.base is not None:
         print(grown(m.runs[-1]))
+    if planned.saved is not None or planned.restart:
+        print(f"resumed: kept {planned.kept} complete shard(s) of the interrupted run" if not planned.restart
+              else "resumed: the interrupted run had stopped before it recorded its options; it ran again")
     if config.file_splits:
         print("split of each source file: " + ", ".join(f"{f} -> {s}" for f, s in config.file_splits))
     if tot[2]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import tarfile
@@ -280,5 +281,7 @@ def test_an_interrupted_append_is_resumed_into_the_same_bytes(ds, tmp_path, monk
     assert (out / ".lcrypt-prepare.lock").exists() and verify(out)[0]  # unfinished, and it says so
     monkeypatch.setattr(outdir, "write_atomic", real)
     assert run(argv + ["--resume"]) == 0
+    assert re.search(r"^resumed: kept [1-9]\d* complete shard\(s\) of the interrupted run$",
+                     capsys.readouterr().out, re.M)
     assert outputs(out) == outputs(ds["grown"])
     assert verify(out)[0] == []
