@@ -1,6 +1,6 @@
 """The `lcrypt` command: keys, schemes, trying a scheme by hand, and the plugin subcommands.
 
-Core subcommands live here; `prepare` (pipelines), `verify` and `evaluate` are plugins declared in
+Core subcommands live here; `prepare` (pipelines), `verify`, `release` and `evaluate` are plugins declared in
 pyproject's ``lcrypt.commands`` entry points, so lcrypt never imports the packages that depend on it.
 Every subcommand ends with a summary table and returns an exit code: 0 done, 1 done but some inputs were
 skipped (each named with its reason), 2 refused (one line on stderr naming the file or flag and the

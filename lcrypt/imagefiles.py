@@ -145,8 +145,10 @@ def refuse_marks(pairs: list[tuple[Path, Path]], direction: str, scheme: Scheme,
             raise UserError(f"{src} is already encrypted with {describe_mark(m)}{more(bad)}: lcrypt does "
                             "not encrypt twice; give the plain images, or decrypt these first")
         return []
-    fields = ("scheme", "params", "key_id")
-    bad = [(src, m) for src, m in marks if m is not None and any(m.get(f) != given[f] for f in fields)]
+    # The key by either of its ids: PNGs written before ids were public-key fingerprints hold the legacy id.
+    fields = ("scheme", "params")
+    bad = [(src, m) for src, m in marks if m is not None
+           and (any(m.get(f) != given[f] for f in fields) or not key.has_id(m.get("key_id")))]
     if bad:
         src, m = bad[0]
         raise UserError(f"{src} was encrypted with {describe_mark(m)}, but {describe_mark(given)} was "

@@ -1,8 +1,18 @@
 """Owner keys: 256-bit secrets, their key files, and HKDF sub-keys for every random choice.
 
 A data owner holds one :class:`Key`. Its secret never leaves the key file and this object: ``repr``,
-``str``, exceptions and logs carry only the public ``key_id`` fingerprint, which is what manifests
-record. Every scheme draws its permutations, masks and chaotic-map parameters from
+``str``, exceptions and logs carry only the public ``key_id``, which is what manifests record.
+
+The key id names who can sign: it is the fingerprint of the owner's Ed25519 public signing key
+(:func:`key_id_of`: 32 hex digits of SHA-256 over a tag and the raw public key). The signing key is
+itself an HKDF sub-key of the secret with its own purpose (:data:`SIGNING_INFO`), so one key file both
+encrypts an owner's data and signs its releases, and anyone holding the public key can check that a
+recorded key id is that owner's. Files written before key ids were public-key fingerprints recorded the
+legacy id (16 hex digits of SHA-256 over a tag and the secret); a key exposes both
+(:attr:`Key.key_ids`, :meth:`Key.has_id`) and a key file recording either still loads, so old datasets,
+key files and checkpoints keep working. Only the new id can be checked against a public key.
+
+Every scheme draws its permutations, masks and chaotic-map parameters from
 :meth:`Key.stream`, i.e. from an HKDF-SHA256 (RFC 5869) sub-key bound to the scheme name, its
 parameters, the purpose of the draw and the image shape, expanded with SHAKE-256. Nothing depends on
 numpy's random generators (whose streams may change between releases), so the same key and
@@ -22,11 +32,18 @@ import stat
 from pathlib import Path
 
 import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 KEY_FORMAT = "lcrypt-key/1"
 SECRET_BYTES = 32
 _HKDF_SALT = b"lcrypt/hkdf-salt/v1"
-_KEY_ID_TAG = b"lcrypt/key-id/v1\x00"
+_LEGACY_KEY_ID_TAG = b"lcrypt/key-id/v1\x00"
+_KEY_ID_TAG = b"lcrypt/key-id/v2/ed25519\x00"
+SIGNING_INFO = "lcrypt/signing-key/ed25519/v1"  # the HKDF purpose of an owner's signing key
+PUBLIC_KEY_BYTES = 32
+KEY_ID_HEX_DIGITS = 32  # 128 bits: finding another public key with a given id is out of reach
+LEGACY_KEY_ID_HEX_DIGITS = 16
 
 
 class KeyFileError(ValueError):
@@ -44,14 +61,30 @@ def hkdf_sha256(ikm: bytes, info: bytes, length: int = 32, salt: bytes = _HKDF_S
     return out[:length]
 
 
-def _fingerprint(secret: bytes) -> str:
-    return hashlib.sha256(_KEY_ID_TAG + secret).hexdigest()[:16]
+def _legacy_fingerprint(secret: bytes) -> str:
+    return hashlib.sha256(_LEGACY_KEY_ID_TAG + secret).hexdigest()[:LEGACY_KEY_ID_HEX_DIGITS]
+
+
+def key_id_of(public_key: bytes) -> str:
+    """The key id of a raw 32-byte Ed25519 public key: what manifests, cards and summaries show."""
+    if len(public_key) != PUBLIC_KEY_BYTES:
+        raise ValueError(f"an Ed25519 public key is {PUBLIC_KEY_BYTES} bytes, not {len(public_key)}")
+    return hashlib.sha256(_KEY_ID_TAG + bytes(public_key)).hexdigest()[:KEY_ID_HEX_DIGITS]
+
+
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is an Ed25519 signature of ``message`` under the raw ``public_key``."""
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes(public_key)).verify(bytes(signature), message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 class Key:
     """A data owner's secret key. Create with :meth:`generate`, persist with :meth:`save`/:meth:`load`."""
 
-    __slots__ = ("_secret", "owner", "created", "key_id")
+    __slots__ = ("_secret", "owner", "created", "key_id", "legacy_key_id", "public_key")
 
     def __init__(self, secret: bytes, owner: str, created: str | None = None):
         if not isinstance(secret, (bytes, bytearray)) or len(secret) != SECRET_BYTES:
@@ -61,7 +94,18 @@ class Key:
         self._secret = bytes(secret)
         self.owner = owner
         self.created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        self.key_id = _fingerprint(self._secret)
+        self.public_key = self._signing_key().public_key().public_bytes_raw()
+        self.key_id = key_id_of(self.public_key)
+        self.legacy_key_id = _legacy_fingerprint(self._secret)
+
+    @property
+    def key_ids(self) -> tuple[str, str]:
+        """``(key_id, legacy_key_id)``: every id this key was ever recorded under."""
+        return self.key_id, self.legacy_key_id
+
+    def has_id(self, key_id: str) -> bool:
+        """Whether a recorded key id (new or legacy) is this key's."""
+        return key_id in self.key_ids
 
     # -- construction and persistence -------------------------------------------------------
     @classmethod
@@ -119,7 +163,7 @@ class Key:
         if len(secret) != SECRET_BYTES:
             raise KeyFileError(f"key file {path}: the secret has the wrong length (truncated or corrupt?)")
         key = cls(secret, body["owner"], body.get("created"))
-        if key.key_id != body["key_id"]:
+        if not key.has_id(body["key_id"]):
             raise KeyFileError(f"key file {path}: key_id {body['key_id']} does not match the secret "
                                "(the file was edited or corrupted)")
         if owner is not None and key.owner != owner:
@@ -159,6 +203,14 @@ class Key:
         """``n`` floats uniform in [0, 1), 53 bits each."""
         return (self.uint64(info, n) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
+    # -- signing ----------------------------------------------------------------------------
+    def _signing_key(self) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(self.derive(SIGNING_INFO))
+
+    def sign(self, message: bytes) -> bytes:
+        """The Ed25519 signature of ``message`` under this owner's signing key (check: verify_signature)."""
+        return self._signing_key().sign(message)
+
     # -- never leak the secret --------------------------------------------------------------
     def __repr__(self) -> str:
         return f"Key(owner={self.owner!r}, key_id={self.key_id!r})"
@@ -177,3 +229,30 @@ class Key:
 
     def __setstate__(self, state):
         Key.__init__(self, state["secret"], state["owner"], state["created"])
+
+
+def load_key_files(spec: str | os.PathLike) -> dict[str, tuple[Key, Path]]:
+    """``{owner: (key, key file)}`` named by ``spec``: one key file, or an owners file as ``lcrypt prepare
+    --keys`` reads it (``{"owner": {"key": "a.key", ...}}``, optionally under ``"owners"``; key paths
+    relative to the owners file), each key loaded for its owner."""
+    path = Path(spec)
+    try:
+        body = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KeyFileError(f"{path} not found; create a key with `lcrypt keygen --owner NAME --out {path}`"
+                           ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise KeyFileError(f"{path} is neither a key file nor an owners JSON file") from None
+    if isinstance(body, dict) and str(body.get("format", "")).startswith("lcrypt-key"):
+        key = Key.load(path)
+        return {key.owner: (key, path)}
+    owners = body.get("owners", body) if isinstance(body, dict) else None
+    if not isinstance(owners, dict) or not owners:
+        raise KeyFileError(f"{path}: an owners file maps owner names to {{\"key\": KEY_FILE, ...}}")
+    out = {}
+    for owner, entry in owners.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            raise KeyFileError(f"{path}: owner {owner!r} needs \"key\" (a key file)")
+        kpath = Path(entry["key"]) if Path(entry["key"]).is_absolute() else path.parent / entry["key"]
+        out[owner] = (Key.load(kpath, owner=owner), kpath)
+    return out

@@ -49,16 +49,36 @@ def preview_grid(images: np.ndarray, key: Key, schemes: Sequence[str] | None = N
     return np.asarray(canvas)
 
 
+def sample_grid(images: np.ndarray, columns: int = 8, cell: int = CELL) -> np.ndarray:
+    """(N, H, W, 3) uint8 images tiled ``columns`` to a row on white, each enlarged by an integer factor
+    (nearest neighbour, so block structure stays visible) to about ``cell`` pixels."""
+    n, h, w, _ = images.shape
+    scale = max(1, cell // max(h, w))
+    big = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    rows, cols = -(-n // columns), min(n, columns)
+    bh, bw = h * scale + 2, w * scale + 2
+    grid = np.full((rows * bh, cols * bw, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        y, x = (i // columns) * bh, (i % columns) * bw
+        grid[y:y + bh - 2, x:x + bw - 2] = big[i]
+    return grid
+
+
 def save_png(image: np.ndarray, path: str | Path, text: Mapping[str, str] | None = None) -> Path:
     """Write an RGB uint8 array as a PNG with optional text chunks (creating the parent folder).
 
     Written to a temporary name and renamed, so a crash or a full disk never leaves a half-written PNG.
     """
     path = Path(path)
+    atomic_write(path, png_bytes(image, text))
+    return path
+
+
+def png_bytes(image: np.ndarray, text: Mapping[str, str] | None = None) -> bytes:
+    """An RGB uint8 array as PNG file bytes, with optional text chunks."""
     info = PngInfo()
     for keyword, value in (text or {}).items():
         info.add_text(keyword, value)
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", pnginfo=info)
-    atomic_write(path, buf.getvalue())
-    return path
+    return buf.getvalue()

@@ -40,6 +40,7 @@ import numpy as np
 
 from lcrypt.format import (Manifest, Sample, ShardEntry, ShardFormatError, count_problem, dataset_folder,
                            decode_samples, parse_shard_path, read_samples)
+from lcrypt.keys import LEGACY_KEY_ID_HEX_DIGITS
 from lcrypt.storage import join, storage_for
 from loaders import plan as planning
 
@@ -51,15 +52,24 @@ class KeyMismatchError(ValueError):
 
 
 def check_key_ids(manifest: Manifest, expected: Sequence[str] | None, what: str = "the model") -> None:
-    """Refuse a dataset encrypted under keys other than ``expected`` (a model is useless across keys)."""
+    """Refuse a dataset encrypted under keys other than ``expected`` (a model is useless across keys).
+
+    Both sides are ids recorded from manifests, compared as recorded: a dataset and a checkpoint written
+    before key ids were public-key fingerprints both hold legacy ids (16 hex digits) and still match.
+    Telling that a legacy id and a new one name the same key needs the key itself (``Key.has_id``), which
+    training never holds; the error says when that is the likely cause.
+    """
     if expected is None:
         return
     have = sorted(o.key_id for o in manifest.owners)
     if sorted(expected) != have:
+        kinds = {len(k) == LEGACY_KEY_ID_HEX_DIGITS for k in [*have, *expected]}
+        legacy = (" (one side records legacy key ids, written by an older lcrypt: the same key may have "
+                  "prepared both)" if len(kinds) == 2 else "")
         raise KeyMismatchError(
             f"dataset {manifest.name!r} is encrypted with key ids {have}, but {what} was trained on key ids "
-            f"{sorted(expected)}: a model learned under one owner's key does not work on another's; use the "
-            "dataset prepared with the same key, or train a new model on this one")
+            f"{sorted(expected)}{legacy}: a model learned under one owner's key does not work on another's; "
+            "use the dataset prepared with the same key, or train a new model on this one")
 
 
 def resolve_shard(base: str, rel: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from lcrypt import Key, KeyFileError, get_scheme
 from lcrypt.cli import main
-from lcrypt.keys import hkdf_sha256
+from lcrypt.keys import hkdf_sha256, key_id_of, verify_signature
 
 
 def secret_forms(key: Key) -> list[str]:
@@ -31,7 +31,7 @@ def test_generate_save_load_roundtrip(tmp_path):
     path = key.save(tmp_path / "a.key")
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     loaded = Key.load(path, owner="hospital-a")
-    assert loaded == key and loaded.key_id == key.key_id and len(key.key_id) == 16
+    assert loaded == key and loaded.key_id == key.key_id and len(key.key_id) == 32
     body = json.loads(path.read_text())
     assert set(body) == {"format", "owner", "key_id", "created", "secret"}
     assert Key.generate("x") != Key.generate("x")  # fresh randomness every time
@@ -106,3 +106,26 @@ def test_subkeys_are_separated_and_reproducible():
 def test_keys_pickle_for_beam_workers_without_changing():
     key = Key.generate("a")
     assert pickle.loads(pickle.dumps(key)) == key
+
+
+def test_key_id_is_the_fingerprint_of_the_public_signing_key():
+    key = Key(bytes(range(32)), "a")
+    assert key.key_id == key_id_of(key.public_key) and len(key.public_key) == 32
+    assert key.key_id != key_id_of(Key(bytes(range(1, 33)), "a").public_key)
+    message = b"release statement"
+    signature = key.sign(message)
+    assert verify_signature(key.public_key, message, signature)
+    assert not verify_signature(key.public_key, message + b"!", signature)
+    assert not verify_signature(Key.generate("b").public_key, message, signature)
+    assert key.derive("lcrypt/signing-key/ed25519/v1") not in (key.public_key, key.key_id.encode())
+
+
+def test_a_key_file_recording_the_legacy_key_id_still_loads(tmp_path):
+    key = Key.generate("a")
+    path = key.save(tmp_path / "k")
+    body = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(body, key_id=key.legacy_key_id)))
+    loaded = Key.load(path)
+    assert loaded == key and loaded.key_id == key.key_id and loaded.key_ids == (key.key_id, key.legacy_key_id)
+    assert loaded.has_id(key.legacy_key_id) and not loaded.has_id(Key.generate("a").legacy_key_id)
+    assert len(key.legacy_key_id) == 16 and key.legacy_key_id != key.key_id[:16]

@@ -47,7 +47,7 @@ def encrypt_for(checkpoint: dict, images: np.ndarray, key) -> np.ndarray:
     """Encrypt plain uint8 (N, H, W, 3) images as the training data was (scheme + the owner's key)."""
     from lcrypt import get_scheme
 
-    if key.key_id not in checkpoint["key_ids"]:
+    if not any(key.has_id(k) for k in checkpoint["key_ids"]):  # a checkpoint may record legacy key ids
         raise PredictError(f"key {key.key_id} is not one this model was trained with "
                            f"({checkpoint['key_ids']}); use the data owner's key file that encrypted the "
                            "training set")

@@ -8,8 +8,10 @@ format from here only, so it has one definition.
 from lcrypt.format.batch import decode_samples
 from lcrypt.format.codecs import (ShardFormatError, decode_label, decode_labels, decode_member, encode_image,
                                   encode_png)
-from lcrypt.format.folder import (ERRORS_NAME, FRAGMENTS_NAME, INDEX_NAME, LOCK_NAME, MANIFEST_NAME,
-                                  TIMM_INFO_NAME, ManifestError)
+from lcrypt.format.folder import (CARD_NAME, CROISSANT_NAME, ERRORS_NAME, FRAGMENTS_NAME, INDEX_NAME,
+                                  LOCK_NAME, MANIFEST_NAME, PREVIEW_NAME, PUBLIC_KEYS_NAME, REJECTIONS_NAME,
+                                  RELEASE_FILES, RELEASE_INFO_NAME, SIGNATURES_DIR, SUMS_NAME, TIMM_INFO_NAME,
+                                  ManifestError)
 from lcrypt.format.index import INDEX_COLUMNS, read_index
 from lcrypt.format.manifest import Manifest, OwnerEntry, ShardEntry, dataset_folder
 from lcrypt.format.names import (IMAGE_EXT, IMAGE_EXTS, KEY_HEX_DIGITS, SHARD_RE, check_owner, check_split,
@@ -20,6 +22,8 @@ from lcrypt.format.reader import (Sample, count_problem, decode_shard, group_mem
 from lcrypt.format.writer import TAR_RECORD, ShardWriter, tar_bytes, write_tar
 
 __all__ = [
+    "CARD_NAME", "CROISSANT_NAME", "PREVIEW_NAME", "PUBLIC_KEYS_NAME", "REJECTIONS_NAME", "RELEASE_FILES",
+    "RELEASE_INFO_NAME", "SIGNATURES_DIR", "SUMS_NAME",
     "ERRORS_NAME", "FRAGMENTS_NAME", "IMAGE_EXT", "IMAGE_EXTS", "INDEX_COLUMNS", "INDEX_NAME",
     "KEY_HEX_DIGITS", "LOCK_NAME", "MANIFEST_NAME", "SHARD_RE", "TAR_RECORD", "TIMM_INFO_NAME",
     "Manifest", "ManifestError", "OwnerEntry", "Sample", "ShardEntry", "ShardFormatError", "ShardWriter",

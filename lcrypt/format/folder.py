@@ -11,6 +11,11 @@ A published lcrypt dataset folder holds::
     errors.jsonl      one line per rejected source record: {"source", "split", "owner", "reason"}
     .lcrypt-prepare.lock, .fragments/   only while `lcrypt prepare` runs (left behind: it did not finish)
     {split}/{owner}-{index:06d}.tar   the shards (:mod:`lcrypt.format.names`)
+
+A release (``lcrypt release``, :mod:`lcrypt.release`; layout in docs/releases.md) is such a folder without
+errors.jsonl (it names source files), plus README.md (the dataset card), croissant.json, SHA256SUMS,
+preview.png, rejections.json (rejections counted by reason), keys.pub.json, release.json and
+signatures/{owner}.sig (:mod:`lcrypt.signatures`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,18 @@ TIMM_INFO_NAME = "_info.json"
 ERRORS_NAME = "errors.jsonl"
 LOCK_NAME = ".lcrypt-prepare.lock"  # a prepare run's lock; left behind, it marks a run that did not finish
 FRAGMENTS_NAME = ".fragments"  # prepare's scratch folder (encoded images before they are grouped into shards)
+
+# A release's own files (beside manifest.json, index.parquet, _info.json and the shards).
+CARD_NAME = "README.md"
+CROISSANT_NAME = "croissant.json"
+SUMS_NAME = "SHA256SUMS"
+PREVIEW_NAME = "preview.png"
+REJECTIONS_NAME = "rejections.json"
+PUBLIC_KEYS_NAME = "keys.pub.json"
+RELEASE_INFO_NAME = "release.json"
+SIGNATURES_DIR = "signatures"
+RELEASE_FILES = (CARD_NAME, CROISSANT_NAME, SUMS_NAME, PREVIEW_NAME, REJECTIONS_NAME, PUBLIC_KEYS_NAME,
+                 RELEASE_INFO_NAME)
 
 
 class ManifestError(ValueError):

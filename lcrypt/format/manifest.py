@@ -53,7 +53,7 @@ class OwnerEntry:
     """One data owner: a name and the public id of the key its samples are encrypted under."""
 
     name: str
-    key_id: str  # public fingerprint of the owner's key (lcrypt.Key.key_id), never the secret
+    key_id: str  # lcrypt.Key.key_id: fingerprint of the public signing key (16 hex digits: legacy id)
     counts: dict[str, int] = dataclasses.field(default_factory=dict)  # split -> samples written
 
 
