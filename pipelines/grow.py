@@ -125,7 +125,9 @@ def check_compatible(base: Base, config: PrepareConfig, flag: str) -> None:
         if key is None:
             raise PrepareError(f"{flag}: --keys has no key for the dataset's owner {o.name}; give every "
                                "owner of the dataset (new owners may join), so its records are recognised")
-        differs(f"owner {o.name}'s key", key.key_id, o.key_id, "give the key the dataset was encrypted with")
+        if not key.has_id(o.key_id):  # a dataset written before key ids changed records the legacy id
+            differs(f"owner {o.name}'s key", key.key_id, o.key_id,
+                    "give the key the dataset was encrypted with")
 
 
 # -- the end of the run: the dataset with this run's shards ------------------------------------------

@@ -285,3 +285,18 @@ def test_an_interrupted_append_is_resumed_into_the_same_bytes(ds, tmp_path, monk
                      capsys.readouterr().out, re.M)
     assert outputs(out) == outputs(ds["grown"])
     assert verify(out)[0] == []
+
+
+def test_append_to_a_dataset_recording_legacy_key_ids_keeps_them(ds, tmp_path):
+    """A dataset prepared before key ids became public-key fingerprints: the same keys still append."""
+    out = _copy(ds, tmp_path)
+    m = Manifest.load(out)
+    for o in m.owners:
+        o.key_id = ds["keys"][o.name].legacy_key_id
+    (out / "manifest.json").write_text(m.to_json())
+    assert run(ds["argv"] + ["--source", str(ds["root"] / "all"), "--out", str(out), "--append"]) == 0
+    grown = Manifest.load(out)
+    assert [(o.name, o.key_id) for o in grown.owners] == [(n, ds["keys"][n].legacy_key_id)
+                                                          for n in ("alice", "bob")]
+    assert _samples(out) == _samples(ds["grown"])  # sample keys derive from the secret, not the id
+    assert verify(out)[0] == []
