@@ -300,3 +300,43 @@ def test_append_to_a_dataset_recording_legacy_key_ids_keeps_them(ds, tmp_path):
                                                           for n in ("alice", "bob")]
     assert _samples(out) == _samples(ds["grown"])  # sample keys derive from the secret, not the id
     assert verify(out)[0] == []
+
+
+def test_the_release_after_an_append_or_a_retry_is_a_minor_version_naming_what_was_added(ds, tmp_path,
+                                                                                          capsys):
+    from tests.test_release import lcrypt, tree
+
+    target = tmp_path / "rel"
+
+    def release(data: Path, version: str) -> int:
+        return lcrypt(["release", str(data), "--version", version, "--license", "CC-BY-4.0", "--unsigned",
+                       "--out", str(target)])
+
+    def change(version: str) -> str:
+        return json.loads((target / version / "release.json").read_text())["changelog"][-1]["change"]
+
+    assert release(ds["base"], "1.0.0") == 0
+    capsys.readouterr()
+    before = tree(target)
+    for version, expect in [("1.0.1", "the data was added"), ("1.0.0", "already exists"),
+                            ("0.9.0", "must be greater")]:  # a patch, the same, an older version
+        assert release(ds["grown"], version) == 2
+        line = one_line_error(capsys.readouterr().err)
+        assert expect in line and (version != "1.0.1" or "needs version 1.1.0 or greater" in line), line
+        assert tree(target) == before
+    assert release(ds["grown"], "1.1.0") == 0
+    assert change("1.1.0") == "added test +3 (bob +3); train +3 (alice +3); by prepare --append +6"
+    assert "- 1.1.0 (" in (target / "1.1.0" / "README.md").read_text()
+    # --retry-failed that wrote a record the user fixed: the same rule
+    src, out = tmp_path / "src", tmp_path / "retried" / "pets"
+    shutil.copytree(ds["root"] / "all", src)
+    (src / BROKEN[0]).write_bytes(png_bytes(make_images(1, seed=9)[0]))
+    shutil.copytree(ds["grown"], out)
+    assert run(ds["argv"] + ["--source", str(src), "--out", str(out), "--retry-failed"]) == 0
+    capsys.readouterr()
+    assert release(out, "1.1.1") == 2
+    assert "needs version 1.2.0 or greater" in one_line_error(capsys.readouterr().err)
+    assert release(out, "1.2.0") == 0
+    assert change("1.2.0") == "added train +1 (alice +1); by prepare --retry-failed +1"
+    assert [c["version"] for c in json.loads((target / "1.2.0" / "release.json").read_text())["changelog"]] \
+        == ["1.0.0", "1.1.0", "1.2.0"]
