@@ -218,9 +218,13 @@ def test_retry_failed_on_an_archive_decodes_only_the_listed_records(ds, tmp_path
     (["--keys", "alice.key"], "--keys has no key for the dataset's owner bob"),
     (["--keys", "swapped.json"], "owner bob's key"),
     (["--source", "big"], "--source's images are 32x32"),
+    (["--scheme", "le"], "scheme le {'block_size': 8} differs from the dataset's (etc"),
+    (["--retry-failed", "--param", "block_size=4"], "scheme etc {'block_size': 4} differs"),
+    (["--retry-failed", "--scheme", "block-shuffle"], "scheme block-shuffle {'block_size': 8} differs"),
+    (["--retry-failed", "--jpeg-quality", "90"], "encoding jpeg differs from the dataset's (png)"),
 ])
-def test_an_append_that_would_change_how_the_dataset_was_made_is_refused(ds, tmp_path, capsys, extra,
-                                                                          expect):
+def test_an_append_or_retry_that_would_change_how_the_dataset_was_made_is_refused(ds, tmp_path, capsys,
+                                                                                   extra, expect):
     root = ds["root"]
     owners = json.loads((root / "owners.json").read_text())
     Key.generate("bob").save(tmp_path / "other-bob.key")  # bob, but not the key the dataset was made with
@@ -233,10 +237,12 @@ def test_an_append_that_would_change_how_the_dataset_was_made_is_refused(ds, tmp
     extra = [str(where.get(x, x)) for x in extra]
     out = _copy(ds, tmp_path)
     before = snapshot(out)
-    argv = ds["argv"] + ["--source", str(root / "all"), "--out", str(out), "--append"] + extra
+    flag = "--retry-failed" if "--retry-failed" in extra else "--append"
+    argv = ds["argv"] + ["--source", str(root / "all"), "--out", str(out), flag] + \
+        [x for x in extra if x != flag]
     assert run(argv) == 2
     line = one_line_error(capsys.readouterr().err)
-    assert line.startswith("lcrypt prepare: error: --append:") and expect in line, line
+    assert line.startswith(f"lcrypt prepare: error: {flag}:") and expect in line, line
     assert snapshot(out) == before
 
 

@@ -117,6 +117,9 @@ def test_a_resume_with_other_options_another_source_or_other_counts_is_refused(b
     _big_tar(other, n=N - 1)
     cases = [(["--shard-size", "50"], "shard_size was 100 in the interrupted run, 50 now"),
              (["--jpeg-quality", "90"], "encoding was \"png\""),
+             (["--scheme", "le"], "scheme was \"etc\" in the interrupted run, \"le\" now"),
+             (["--param", "block_size=16"], "scheme_params was {\"block_size\": 8} in the interrupted run, "
+                                            "{\"block_size\": 16} now"),
              (["--source", str(other)], "source's files differ")]
     for extra, expect in cases:
         assert run(big["argv"] + ["--out", str(out), "--resume", *extra]) == 2
