@@ -120,7 +120,9 @@ class EncryptChunkFn(beam.DoFn):
         if saved is not None:
             result = self._without_kept(ChunkResult.from_json(saved))
         else:
-            result = self._attempt(chunk)
+            new, result = self._skip_known(chunk)
+            if new:
+                result.add(self._attempt(new))
             if c.resume_plan is None:  # after counting, chunks skip kept records: not a whole chunk's result
                 journal.save_chunk(c.out, name, result.to_json())
         yield from result.groups
@@ -193,9 +195,19 @@ class EncryptChunkFn(beam.DoFn):
         return split, found[0], None
 
     # -- what is skipped before decoding ----------------------------------------------------------
-    def _in_dataset(self, r: Record) -> bool:
-        """The dataset this run adds to holds the record already (its key under one of its owners)."""
-        return bool(self.known) and any(sample_key(r.source_id, s) in self.known for s in self.base_salts)
+    def _skip_known(self, chunk: list[Record]) -> tuple[list[Record], ChunkResult]:
+        """``(the chunk's records the dataset this run adds to lacks, a result counting those it holds)``:
+        a record is known by its sample key under one of the dataset's owners. Done here, before the
+        chunk goes to the decoder process, so the known records are neither shipped nor decoded."""
+        if not self.known:
+            return chunk, ChunkResult()
+        new, skipped = [], defaultdict(int)
+        for r in chunk:
+            if any(sample_key(r.source_id, s) in self.known for s in self.base_salts):
+                skipped[self._split_owner(r)] += 1
+            else:
+                new.append(r)
+        return new, ChunkResult(skipped=dict(skipped))
 
     def _kept(self, r: Record, split: str, owner: str) -> bool:
         """A resumed run kept the complete shard this record belongs to (a record rejected before is
@@ -225,14 +237,10 @@ class EncryptChunkFn(beam.DoFn):
         c = self.config
         index = {n: i for i, n in enumerate(c.class_names)} if c.class_names is not None else None
         read: dict[Group, int] = defaultdict(int)
-        skipped: dict[Group, int] = defaultdict(int)
         groups: dict[Group, list] = defaultdict(list)
         rejected = []
         for r in chunk:
             split, owner, no_owner = self._assign(r)
-            if self._in_dataset(r):
-                skipped[(split, owner)] += 1
-                continue
             read[(split, owner)] += 1
             if no_owner is None and self._kept(r, split, owner):
                 continue
@@ -271,7 +279,7 @@ class EncryptChunkFn(beam.DoFn):
             data = b"".join(blob)
             outdir.write_atomic(join(c.out, FRAGMENTS_NAME, name), data, durable=False)
             fragments[name] = [len(data), hashlib.sha256(data).hexdigest()]
-        return ChunkResult(out, rejected, dict(read), dict(skipped), fragments)
+        return ChunkResult(out, rejected, dict(read), {}, fragments)
 
     def _progress(self, n_read: int, n_rejected: int) -> None:
         self.done["read"] += n_read
