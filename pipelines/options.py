@@ -66,12 +66,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace a dataset an earlier prepare wrote in --out "
                    "(deletes only its files; refuses when --out holds anything else)")
     p.add_argument("--append", action="store_true",
-                   help="add the source's records that --out's dataset does not hold yet (by sample key), "
-                   "in new shards; the scheme, its parameters, the encoding and the image size must be "
-                   "the dataset's")
+                   help="add the source's records that --out's dataset does not hold yet (by sample key; "
+                   "the others are skipped before decoding) in new shards numbered after its own, which "
+                   "stay byte-identical; new owners may join, a new class is rejected; the scheme, its "
+                   "parameters, the encoding and the image size must be the dataset's; the next `lcrypt "
+                   "release` is a new MINOR version")
     p.add_argument("--resume", action="store_true",
-                   help="finish the run that was interrupted in --out (same command and source): complete "
-                   "shards are kept, their records are not decoded again")
+                   help="finish the run that was interrupted in --out (Ctrl-C, a kill, a lost machine) with "
+                   "the same command and source: complete shards are kept and their records not decoded "
+                   "again; the result is byte-identical to an uninterrupted run")
     p.add_argument("--retry-failed", action="store_true",
                    help="re-read only the records --out's errors.jsonl lists (after fixing them) and add "
                    "those that now pass, as --append does; errors.jsonl keeps those that still fail")

@@ -1,7 +1,8 @@
 """`lcrypt prepare`: raw image dataset -> per-owner encrypted WebDataset shards + manifest (Apache Beam).
 
     lcrypt prepare --source SPEC --scheme NAME [--param k=v ...] --keys OWNERS --out DIR
-                   [--jpeg-quality Q] [--shard-size N] [--size S] [beam options ...]
+                   [--jpeg-quality Q] [--shard-size N] [--size S]
+                   [--overwrite | --append | --resume | --retry-failed] [beam options ...]
     python -m pipelines.prepare ...   (the same)
 
 Unknown flags are Beam PipelineOptions (``--runner``, ``--direct_num_workers``,
@@ -17,8 +18,14 @@ GroupByKey -> WriteShard (labels to indices, sorted, atomic) -> Finalize (errors
 index.parquet, manifest.json, _info.json). Class names the source does not declare are gathered beside
 the encryption, never before it: waiting for them would hold every raw record in the runner.
 
-``--append`` and ``--retry-failed`` add to the dataset in ``--out`` (pipelines/grow.py); ``--resume``
-finishes an interrupted run (pipelines/journal.py). Planning: pipelines/plan.py.
+What a run does with ``--out``: a new dataset (none there), ``--overwrite`` (replace one prepare wrote),
+``--append`` (encrypt only the source's records the dataset lacks, by sample key, into new shards; its
+shards stay byte-identical, so a release of it is a new MINOR version), ``--retry-failed`` (re-read only
+the records errors.jsonl lists, after the user fixed them, and add those that now pass as --append does),
+``--resume`` (finish an interrupted run: complete shards are kept and their records skipped before
+decoding; the result is byte-identical to an uninterrupted run). The last three refuse, in one line and
+writing nothing, a scheme, parameters or encoding other than the dataset's (the interrupted run's).
+Adding: pipelines/grow.py; the run state a resume reads: pipelines/journal.py; planning: pipelines/plan.py.
 """
 
 from __future__ import annotations
