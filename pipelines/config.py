@@ -40,3 +40,13 @@ class PrepareConfig:
     owner_overlap: str = "error"  # a record several owners match: "error" rejects it, "first" takes the first
     size_note: str = ""  # how the image size was decided (for the summary)
     file_splits: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # Parquet/wds file -> split
+    # -- adding to a dataset, resuming (pipelines/grow.py, pipelines/journal.py) --
+    mode: str = "prepare"  # "prepare", "append" or "retry_failed"; a resume runs as the mode it resumes
+    fixed_classes: bool = False  # class_names are the dataset's: a record of another class is rejected
+    base_dir: str | None = None  # the dataset as it was before this run (its samples are skipped)
+    base_owners: list[str] = dataclasses.field(default_factory=list)  # the dataset's owners (their keys)
+    shard_base: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)  # first new shard index
+    reuse_chunks: bool = False  # take a chunk's saved result (OUT/.fragments) instead of encrypting it again
+    # a resume after counting: (split, owner) -> (first index, shard count, indices of the complete shards)
+    resume_plan: dict[tuple[str, str], tuple[int, int, frozenset]] | None = None
+    resume_rejected: frozenset = frozenset()  # ids of records the resumed run rejected (never skipped)

@@ -1,15 +1,23 @@
 """Decode, encrypt and encode chunks of records (the work of ``prepare``), with rejections and decoder
 isolation.
 
-A chunk (records batched by BatchElements) is decoded by lcrypt.images' rules, encrypted per owner in one
-vectorised call, encoded, and written to one fragment file under ``--out/.fragments``; only references to
-the encoded images travel on through Beam. Records that break a rule are rejected one by one, with their
-reason. With ``isolate_decoders`` the chunk runs in a forked subprocess, so a decoder that crashes its
-process costs a retry, not the job; a chunk that fails as a whole is redone one record at a time.
+A chunk (records of one read unit, pipelines/sources.py) is decoded by lcrypt.images' rules, encrypted per
+owner in one vectorised call, encoded, and written to one fragment file under ``--out/.fragments``; only
+references to the encoded images travel on through Beam. Records that break a rule are rejected one by
+one, with their reason. With ``isolate_decoders`` the chunk runs in a forked subprocess, so a decoder that
+crashes its process costs a retry, not the job; a chunk that fails as a whole is redone one record at a
+time. A chunk's result is saved beside its fragment, so a resumed run takes it instead of encrypting the
+chunk again (pipelines/journal.py).
+
+Records are skipped before they are decoded when the run adds to a dataset that holds them already
+(``--append``, ``--retry-failed``: a record's sample key under any of the dataset's owners is in its
+index), and when a resumed run has kept the complete shard they belong to. With the dataset's class names
+fixed (``--append``), a record of a class the dataset does not have is rejected (``new_class``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,25 +26,57 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from typing import Any, Iterator
+from typing import Any, Iterator, Tuple
 
 import apache_beam as beam
 import numpy as np
 
-from lcrypt.format import FRAGMENTS_NAME, check_split, encode_image, sample_key, sample_key_salt
+from lcrypt.format import (FRAGMENTS_NAME, check_split, encode_image, sample_key, sample_key_salt,
+                           shard_of)
 from lcrypt.images import ImageRejected
 from lcrypt.keys import Key
 from lcrypt.sources.base import Record, decode_record, owners_of
 from lcrypt.storage import join
-from pipelines import outdir
+from pipelines import journal, outdir
 from pipelines.config import NO_OWNER, NO_SPLIT, PrepareConfig
+from pipelines.grow import read_base_index
+
+Group = tuple[str, str]  # (split, owner)
 
 
-ChunkResult = tuple[list, list, dict]
-"""What one chunk gives: ``[((split, owner), [sample ref, ...]), ...]``, rejected rows, reads per group."""
+@dataclasses.dataclass
+class ChunkResult:
+    """What one chunk gives: ``groups`` ``[((split, owner), [sample ref, ...]), ...]``, the ``rejected``
+    rows, the records ``read`` and ``skipped`` (already in the dataset) per group, and the ``fragments``
+    its refs point into ({name: [bytes, sha256]})."""
+
+    groups: list = dataclasses.field(default_factory=list)
+    rejected: list = dataclasses.field(default_factory=list)
+    read: dict = dataclasses.field(default_factory=dict)
+    skipped: dict = dataclasses.field(default_factory=dict)
+    fragments: dict = dataclasses.field(default_factory=dict)
+
+    def add(self, other: "ChunkResult") -> None:
+        self.groups += other.groups
+        self.rejected += other.rejected
+        for mine, theirs in ((self.read, other.read), (self.skipped, other.skipped)):
+            for k, n in theirs.items():
+                mine[k] = mine.get(k, 0) + n
+        self.fragments.update(other.fragments)
+
+    def to_json(self) -> dict:
+        return {"groups": [[s, o, [list(r) for r in refs]] for (s, o), refs in self.groups],
+                "rejected": self.rejected, "read": [[s, o, n] for (s, o), n in self.read.items()],
+                "skipped": [[s, o, n] for (s, o), n in self.skipped.items()], "fragments": self.fragments}
+
+    @classmethod
+    def from_json(cls, body: dict) -> "ChunkResult":
+        return cls(groups=[((s, o), [tuple(r) for r in refs]) for s, o, refs in body["groups"]],
+                   rejected=body["rejected"], read={(s, o): n for s, o, n in body["read"]},
+                   skipped={(s, o): n for s, o, n in body["skipped"]}, fragments=body["fragments"])
 
 
-@beam.typehints.with_output_types(Any, rejected=dict, read=tuple)
+@beam.typehints.with_output_types(Any, rejected=dict, read=tuple, skipped=Tuple[Any, int])
 class EncryptChunkFn(beam.DoFn):
     """A chunk of records -> encrypted encoded samples grouped by (split, owner), plus rejections.
 
@@ -44,7 +84,8 @@ class EncryptChunkFn(beam.DoFn):
     when the source declares its class names, else the record's class name (WriteShardFn turns it into
     an index once every name is known: so this step never waits for a pass over the whole dataset,
     and the raw records never leave the fused read stage); ``rejected`` dicts
-    ``{source, split, owner, reason, detail}``; ``read`` ``((split, owner), n)``. Bad records (corrupt,
+    ``{source, split, owner, reason, detail}``; ``read`` ``((split, owner), n)``; ``skipped``, the same
+    for records the dataset holds already (not read: the run does not account for them). Bad records (corrupt,
     wrong mode, no owner...) are rejected one by one. With ``isolate_decoders`` the chunk is decoded in a
     forked subprocess, so a decoder that crashes its process (a segfault in a C library) costs a
     retry, not the job; a chunk that fails as a whole, in the subprocess or not, is redone one record at
@@ -68,15 +109,30 @@ class EncryptChunkFn(beam.DoFn):
                               if c.progress_dir else None)
         self.last_report = 0.0
         self.pool = None
+        self.known = (frozenset(read_base_index(c.base_dir, ["key"]).column("key").to_pylist())
+                      if c.base_dir else frozenset())
+        self.base_salts = [self.salts[o] for o in c.base_owners]
 
     def process(self, chunk):
-        groups, rejected, read = self._attempt(chunk)
-        yield from groups
-        for row in rejected:
+        c = self.config
+        name = fragment_name(chunk)
+        saved = journal.load_chunk(c.out, name) if c.reuse_chunks else None
+        if saved is not None:
+            result = self._without_kept(ChunkResult.from_json(saved))
+        else:
+            new, result = self._skip_known(chunk)
+            if new:
+                result.add(self._attempt(new))
+            if c.resume_plan is None:  # after counting, chunks skip kept records: not a whole chunk's result
+                journal.save_chunk(c.out, name, result.to_json())
+        yield from result.groups
+        for row in result.rejected:
             yield beam.pvalue.TaggedOutput("rejected", row)
-        for k, n in read.items():
+        for k, n in result.read.items():
             yield beam.pvalue.TaggedOutput("read", (k, n))
-        self._progress(sum(read.values()), len(rejected))
+        for k, n in result.skipped.items():
+            yield beam.pvalue.TaggedOutput("skipped", (k, n))
+        self._progress(sum(result.read.values()) + sum(result.skipped.values()), len(result.rejected))
 
     def teardown(self):
         if self.pool is not None:
@@ -97,16 +153,13 @@ class EncryptChunkFn(beam.DoFn):
                 kind = type(exc).__name__
                 reason = ("decoder_crashed: the process decoding this record died"
                           if kind == "BrokenProcessPool" else f"failed: {kind}")
-                return [], [{"source": r.source_id, "split": split, "owner": owner, "reason": reason,
-                             "detail": str(exc)[:500]}], {(split, owner): 1}
-        groups, rejected, read = [], [], defaultdict(int)
+                return ChunkResult(rejected=[{"source": r.source_id, "split": split, "owner": owner,
+                                              "reason": reason, "detail": str(exc)[:500]}],
+                                   read={(split, owner): 1})
+        result = ChunkResult()
         for r in chunk:
-            g, rj, rd = self._attempt([r])
-            groups += g
-            rejected += rj
-            for k, n in rd.items():
-                read[k] += n
-        return groups, rejected, dict(read)
+            result.add(self._attempt([r]))
+        return result
 
     def _in_subprocess(self, chunk: list) -> ChunkResult:
         import concurrent.futures
@@ -141,17 +194,56 @@ class EncryptChunkFn(beam.DoFn):
                 "\"match\" patterns disjoint, or pass --owner-overlap first to give it to the first listed")
         return split, found[0], None
 
+    # -- what is skipped before decoding ----------------------------------------------------------
+    def _skip_known(self, chunk: list[Record]) -> tuple[list[Record], ChunkResult]:
+        """``(the chunk's records the dataset this run adds to lacks, a result counting those it holds)``:
+        a record is known by its sample key under one of the dataset's owners. Done here, before the
+        chunk goes to the decoder process, so the known records are neither shipped nor decoded."""
+        if not self.known:
+            return chunk, ChunkResult()
+        new, skipped = [], defaultdict(int)
+        for r in chunk:
+            if any(sample_key(r.source_id, s) in self.known for s in self.base_salts):
+                skipped[self._split_owner(r)] += 1
+            else:
+                new.append(r)
+        return new, ChunkResult(skipped=dict(skipped))
+
+    def _kept(self, r: Record, split: str, owner: str) -> bool:
+        """A resumed run kept the complete shard this record belongs to (a record rejected before is
+        read again: its rejection must be written again)."""
+        plan = self.config.resume_plan.get((split, owner)) if self.config.resume_plan else None
+        if not plan or not plan[2] or r.source_id in self.config.resume_rejected:
+            return False
+        first, shards, kept = plan
+        return first + shard_of(sample_key(r.source_id, self.salts[owner]), shards) in kept
+
+    def _without_kept(self, result: ChunkResult) -> ChunkResult:
+        """A saved chunk result without the refs of shards a resumed run kept (they are read, not written)."""
+        plan = self.config.resume_plan
+        if not plan:
+            return result
+        groups = []
+        for group, refs in result.groups:
+            first, shards, kept = plan.get(group, (0, 0, frozenset()))
+            left = [r for r in refs if first + shard_of(r[0], shards) not in kept] if kept else refs
+            if left:
+                groups.append((group, left))
+        return dataclasses.replace(result, groups=groups)
+
     def encrypt_chunk(self, chunk: list[Record]) -> ChunkResult:
         """Decode (lcrypt.images' rules), encrypt per owner in one vectorised call, encode, and write the
         encoded images to one fragment file; returns refs to them, the rejected rows and the reads."""
         c = self.config
         index = {n: i for i, n in enumerate(c.class_names)} if c.class_names is not None else None
-        read: dict[tuple[str, str], int] = defaultdict(int)
-        groups: dict[tuple[str, str], list] = defaultdict(list)
+        read: dict[Group, int] = defaultdict(int)
+        groups: dict[Group, list] = defaultdict(list)
         rejected = []
         for r in chunk:
             split, owner, no_owner = self._assign(r)
             read[(split, owner)] += 1
+            if no_owner is None and self._kept(r, split, owner):
+                continue
             try:
                 if r.layout_error:
                     decode_record(r)  # the record's own reason (layout, label, link...) comes first
@@ -160,14 +252,14 @@ class EncryptChunkFn(beam.DoFn):
                 if split != NO_SPLIT:
                     check_split(split)
                 image = decode_record(r, size=c.size, expect=c.expect)
-                label = label_of(r, index)
+                label = label_of(r, index, c.fixed_classes)
             except (ImageRejected, ValueError, KeyError) as exc:
                 reason = exc.reason if isinstance(exc, ImageRejected) else f"invalid: {exc}"
                 rejected.append({"source": r.source_id, "split": split, "owner": owner, "reason": str(reason),
                                  "detail": str(exc)})
                 continue
             groups[(split, owner)].append((r.source_id, label, image))
-        out = []
+        out, fragments = [], {}
         if groups:
             # The encoded images go to one fragment file per chunk; only (key, label, where) travel through
             # Beam. Shipping the bytes through the shuffle cost seconds, and multi_processing's data plane
@@ -184,8 +276,10 @@ class EncryptChunkFn(beam.DoFn):
                     blob.append(data)
                     offset += len(data)
                 out.append(((split, owner), refs))
-            outdir.write_atomic(join(c.out, FRAGMENTS_NAME, name), b"".join(blob), durable=False)
-        return out, rejected, dict(read)
+            data = b"".join(blob)
+            outdir.write_atomic(join(c.out, FRAGMENTS_NAME, name), data, durable=False)
+            fragments[name] = [len(data), hashlib.sha256(data).hexdigest()]
+        return ChunkResult(out, rejected, dict(read), {}, fragments)
 
     def _progress(self, n_read: int, n_rejected: int) -> None:
         self.done["read"] += n_read
@@ -218,12 +312,22 @@ def encrypt_batch(scheme, images: list[np.ndarray], key: Key) -> list[np.ndarray
     return [scheme.encrypt(im[None], key)[0] for im in images]
 
 
-def label_of(r: Record, index: dict[str, int] | None) -> int | str:
-    """The record's label: its index under the declared class names, else its class name (resolved later)."""
+def label_of(r: Record, index: dict[str, int] | None, fixed: bool = False) -> int | str:
+    """The record's label: its index under the declared class names, else its class name (resolved later).
+
+    ``fixed``: the names are a dataset's (``--append``), matched by name, never extended: a new class
+    would change what every model trained on the dataset outputs.
+    """
     if index is None:
         if not r.class_name:
             raise ImageRejected("no_class", "the record has no class name (its folder) to label it with")
         return r.class_name
+    if fixed:
+        if r.class_name not in index:
+            raise ImageRejected("new_class", f"class {r.class_name!r} is not one of the dataset's "
+                                f"{len(index)} classes; --append keeps the dataset's class names (prepare a "
+                                "new dataset to add a class)")
+        return index[r.class_name]
     return int(r.label) if r.label >= 0 else index[r.class_name]
 
 

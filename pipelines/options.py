@@ -65,7 +65,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a dataset an earlier prepare wrote in --out "
                    "(deletes only its files; refuses when --out holds anything else)")
+    p.add_argument("--append", action="store_true",
+                   help="add the source's records that --out's dataset does not hold yet (by sample key; "
+                   "the others are skipped before decoding) in new shards numbered after its own, which "
+                   "stay byte-identical; new owners may join, a new class is rejected; the scheme, its "
+                   "parameters, the encoding and the image size must be the dataset's; the next `lcrypt "
+                   "release` is a new MINOR version")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the run that was interrupted in --out (Ctrl-C, a kill, a lost machine) with "
+                   "the same command and source: complete shards are kept and their records not decoded "
+                   "again; the result is byte-identical to an uninterrupted run")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="re-read only the records --out's errors.jsonl lists (after fixing them) and add "
+                   "those that now pass, as --append does; errors.jsonl keeps those that still fail")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+MODES = ("overwrite", "append", "resume", "retry_failed")  # the flags that say what to do with --out
+
+
+def run_mode(args: argparse.Namespace) -> str:
+    """What this run does with ``--out``: "prepare" (a new dataset; "overwrite" replaces one), "append",
+    "resume" or "retry_failed"; those flags exclude each other."""
+    given = [m for m in MODES if getattr(args, m, False)]
+    if len(given) > 1:
+        a, b = (f"--{m.replace('_', '-')}" for m in given[:2])
+        raise PrepareError(f"{a} and {b} cannot be combined: {a} {MODE_HELP[given[0]]}, {b} "
+                           f"{MODE_HELP[given[1]]}; give one of them")
+    return given[0] if given else "prepare"
+
+
+MODE_HELP = {"overwrite": "replaces the dataset", "append": "adds new records to it",
+             "resume": "finishes an interrupted run", "retry_failed": "re-reads the records it rejected"}
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, str]:

@@ -3,8 +3,9 @@
 
 Whose files are whose (:func:`classify`): ``prepare`` owns exactly the files an earlier run wrote: the
 shards its manifest lists, ``manifest.json``, ``index.parquet``, ``_info.json``, ``errors.jsonl``, the run
-marker (:data:`LOCK_NAME`), its scratch folder (:data:`FRAGMENTS`) and the temporary files of its atomic
-writes. A run that did not finish leaves its marker behind; then every file named like a shard
+marker (:data:`LOCK_NAME`), its scratch folder (:data:`FRAGMENTS`), its run state (:data:`RUN_STATE`:
+what ``--resume`` needs, pipelines/journal.py) and the temporary files of its atomic writes. A run that
+did not finish leaves its marker behind; then every file named like a shard
 (``{split}/{owner}-{index:06d}.tar``) is that run's too. Everything else, and every symbolic link, is the
 user's: ``--overwrite`` refuses to touch a folder holding any of it, and deletes nothing. The run
 lock and its marker: pipelines/runlock.py.
@@ -22,6 +23,7 @@ from pipelines.beamstorage import pipeline_storage
 
 FRAGMENTS = FRAGMENTS_NAME  # encoded images between encryption and shard writing; removed at the end
 SCRATCH = (FRAGMENTS + "/",)  # scratch folders
+RUN_STATE = ".lcrypt-run"  # what a resume needs (pipelines/journal.py); kept when a run is interrupted
 OWN_FILES = (MANIFEST_NAME, INDEX_NAME, TIMM_INFO_NAME, ERRORS_NAME, LOCK_NAME)
 _ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # lcrypt.storage.atomic_write's temp names
 _OTHER_TMP = re.compile(r"^(?P<name>.+)\.tmp-[0-9a-f]{32}$")  # the other storages' write_atomic temp names
@@ -54,7 +56,7 @@ def survey(out: str) -> tuple[list[str], list[str]]:
     return [f for f in store.list_files(out) if f not in shown], links
 
 
-def _temp_target(rel: str) -> str | None:
+def temp_target(rel: str) -> str | None:
     """The file a temporary file of an atomic write was going to become, or None."""
     folder, base = posixpath.split(rel)
     m = _ATOMIC_TMP.match(base) or _OTHER_TMP.match(base)
@@ -67,11 +69,11 @@ def classify(files: list[str], listed: set[str], unfinished: bool) -> tuple[list
     ``listed``: the shard paths of the earlier manifest; ``unfinished``: its run marker was left behind.
     """
     def ours(rel: str) -> bool:
-        if rel in OWN_FILES or rel in listed or rel.startswith(SCRATCH):
+        if rel in OWN_FILES or rel in listed or rel.startswith(SCRATCH + (RUN_STATE + "/",)):
             return True
         if unfinished and SHARD_RE.match(rel):
             return True
-        target = _temp_target(rel)
+        target = temp_target(rel)
         return target is not None and target != rel and ours(target)
 
     mine = [r for r in files if ours(r)]
@@ -85,9 +87,10 @@ def delete(out: str, rels: list[str]) -> None:
 
 
 def remove_scratch(out: str) -> None:
-    """Delete the scratch fragments and temporary files a run leaves when it stops early."""
+    """Delete the scratch fragments and temporary files a run leaves when it stops early (its run state
+    stays: a resume starts from it)."""
     files, _ = survey(out)
-    delete(out, [r for r in files if r.startswith(SCRATCH) or _temp_target(r)])
+    delete(out, [r for r in files if r.startswith(SCRATCH) or temp_target(r)])
     remove_fragments(out)
 
 

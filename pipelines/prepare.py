@@ -1,7 +1,8 @@
 """`lcrypt prepare`: raw image dataset -> per-owner encrypted WebDataset shards + manifest (Apache Beam).
 
     lcrypt prepare --source SPEC --scheme NAME [--param k=v ...] --keys OWNERS --out DIR
-                   [--jpeg-quality Q] [--shard-size N] [--size S] [beam options ...]
+                   [--jpeg-quality Q] [--shard-size N] [--size S]
+                   [--overwrite | --append | --resume | --retry-failed] [beam options ...]
     python -m pipelines.prepare ...   (the same)
 
 Unknown flags are Beam PipelineOptions (``--runner``, ``--direct_num_workers``,
@@ -16,33 +17,40 @@ source and ``--out`` at the same paths (shared storage) and non-daemonic process
 ``--isolate-decoders``; keys travel inside the job, so key files stay on this machine; live progress
 through local files only runs where the workers share this machine (the summary is exact everywhere).
 
-The chain: ReadRecords (raw records, batched by BatchElements) -> EncryptChunk (decode by lcrypt.images'
+The chain: ReadRecords (raw records, in chunks per read unit) -> EncryptChunk (decode by lcrypt.images'
 rules, encrypt per owner in one vectorised call, encode; rejects to errors.jsonl) -> count per (split, owner)
--> AssignShards (salted key mod shard count) -> GroupByKey -> WriteShard (labels to indices, sorted,
-atomic) -> Finalize (errors.jsonl, reject-rate check, index.parquet, manifest.json, _info.json). Class
-names the source does not declare are gathered beside the encryption, never before it: waiting for
-them would hold every raw record in the runner.
+-> Journal (the shard counts, saved for a resume) -> AssignShards (salted key mod shard count) ->
+GroupByKey -> WriteShard (labels to indices, sorted, atomic) -> Finalize (errors.jsonl, checks,
+index.parquet, manifest.json, _info.json). Class names the source does not declare are gathered beside
+the encryption, never before it: waiting for them would hold every raw record in the runner.
+
+What a run does with ``--out``: a new dataset (none there), ``--overwrite`` (replace one prepare wrote),
+``--append`` (encrypt only the source's records the dataset lacks, by sample key, into new shards; its
+shards stay byte-identical, so a release of it is a new MINOR version), ``--retry-failed`` (re-read only
+the records errors.jsonl lists, after the user fixed them, and add those that now pass as --append does),
+``--resume`` (finish an interrupted run: complete shards are kept and their records skipped before
+decoding; the result is byte-identical to an uninterrupted run). The last three refuse, in one line and
+writing nothing, a scheme, parameters or encoding other than the dataset's (the interrupted run's).
+Adding: pipelines/grow.py; the run state a resume reads: pipelines/journal.py; planning: pipelines/plan.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from lcrypt.format import check_owner
-from lcrypt.keys import Key, KeyFileError
 from pipelines import progress
-from pipelines.options import (PrepareError, add_arguments, check_beam_args, check_numbers, dask_wanted,
-                               load_dask, parse_params)
+from pipelines.options import PrepareError, add_arguments, check_beam_args, dask_wanted, load_dask, run_mode
+
+if TYPE_CHECKING:  # imported when a run starts: it imports Beam, whose import-time warning is quieted first
+    from pipelines.plan import Planned
 
 def add_command(subparsers) -> None:
     """The `lcrypt prepare` plugin (declared in pyproject's lcrypt.commands entry points)."""
@@ -52,44 +60,6 @@ def add_command(subparsers) -> None:
     add_arguments(p)
     p.set_defaults(func=lambda args: run_args(args, list(getattr(args, "extra", []) or [])),
                    accepts_extra=True)
-
-
-# -- owners -------------------------------------------------------------------------------------------
-def load_owners(spec: str) -> tuple[dict[str, Key], list[tuple[str, list[str]]], str | None]:
-    """``(keys by owner, [(owner, globs)], owner column)`` from a key file or an owners file."""
-    path = Path(spec)
-    try:
-        body = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PrepareError(f"--keys {spec}: not found; "
-                           f"create a key with `lcrypt keygen --owner NAME --out {spec}`")
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise PrepareError(f"--keys {spec}: neither a key file nor an owners JSON file")
-    if isinstance(body, dict) and body.get("format", "").startswith("lcrypt-key"):
-        key = Key.load(path)
-        check_owner(key.owner)
-        return {key.owner: key}, [], None
-    column = None
-    if isinstance(body, dict) and "owners" in body:
-        column = body.get("column")
-        body = body["owners"]
-    if not isinstance(body, dict) or not body:
-        raise PrepareError(f"--keys {spec}: an owners file maps owner names "
-                           f"to {{\"key\": ..., \"match\": [...]}}")
-    keys, globs = {}, []
-    for name, entry in body.items():
-        try:
-            check_owner(name)
-        except ValueError as exc:
-            raise PrepareError(f"--keys {spec}: {exc}") from None
-        if not isinstance(entry, dict) or "key" not in entry or not entry.get("match"):
-            raise PrepareError(f"--keys {spec}: owner {name!r} needs \"key\" (a key file) "
-                               "and \"match\" (patterns)")
-        match = entry["match"] if isinstance(entry["match"], list) else [entry["match"]]
-        kpath = Path(entry["key"])
-        keys[name] = Key.load(kpath if kpath.is_absolute() else path.parent / kpath, owner=name)
-        globs.append((name, [str(m) for m in match]))
-    return keys, globs, column
 
 
 # -- runner ---------------------------------------------------------------------------------------------
@@ -117,18 +87,21 @@ def make_pipeline(options):
 
 
 # -- pipeline construction ------------------------------------------------------------------------------
-def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -> None:
-    """Add the prepare chain to pipeline ``p`` (separate from running it, so it can be built for Dataflow)."""
+def build(p, planned: Planned, kept: list | None = None) -> None:
+    """Add the prepare chain to pipeline ``p`` (separate from running it, so it can be built for Dataflow);
+    ``kept``: the shards a resumed run keeps, as WriteShards gives them."""
     import apache_beam as beam
 
     from pipelines.sources import ReadRecords
     from pipelines.encrypt import EncryptChunkFn, dead_letter_reads, dead_letter_rows
-    from pipelines.transforms import (AssignShardsFn, ClassNamesFn, FinalizeFn, WriteShardFn, add_pairs,
-                                     chunk_classes)
+    from pipelines.transforms import (AssignShardsFn, ClassNamesFn, FinalizeFn, JournalFn, WriteShardFn,
+                                      add_pairs, chunk_classes)
 
-    chunks = p | "ReadRecords" >> ReadRecords(source, config.chunk, config.read_parts)
-    if class_names is not None:
-        names = p | "DeclaredClasses" >> beam.Create([class_names])
+    config = planned.config
+    chunks = p | "ReadRecords" >> ReadRecords(planned.source, config.chunk, units=planned.units,
+                                              keep=planned.keep)
+    if planned.declared is not None:
+        names = p | "DeclaredClasses" >> beam.Create([planned.declared])
     else:
         # One combine (partial sets in the read stage, one merge): a Distinct + ToList chain cost two
         # more stages.
@@ -139,126 +112,32 @@ def build(p, source, config, class_names: list[str] | None, scheme_info: dict) -
     # threshold=1.0: the reject-rate check is per record, in Finalize (--max-reject-rate).
     out = (chunks
            | "EncryptChunks" >> beam.ParDo(EncryptChunkFn(config))
-           .with_outputs("rejected", "read", main="samples")
+           .with_outputs("rejected", "read", "skipped", main="samples")
            .with_exception_handling(threshold=1.0))
     samples, rejected, read, bad = out["samples"], out["rejected"], out["read"], out["bad"]
     rejected = ((rejected, bad | "DeadLetterRows" >> beam.FlatMap(dead_letter_rows))
                 | "AllRejected" >> beam.Flatten())
     read_counts = ((read, bad | "DeadLetterReads" >> beam.FlatMap(dead_letter_reads))
                    | "AllRead" >> beam.Flatten() | "ReadPerGroup" >> beam.CombinePerKey(sum))
+    skipped = out["skipped"] | "SkippedPerGroup" >> beam.CombinePerKey(sum)
     totals = (samples | "CountSamples" >> beam.Map(lambda kv: (kv[0], (len(kv[1]), sum(r[4] for r in kv[1]))))
               | "TotalsPerGroup" >> beam.CombinePerKey(add_pairs))
+    # The shard counts are saved before the first shard is written: AssignShards waits for them.
+    counted = (p | "AfterCounting" >> beam.Create([None])
+               | "Journal" >> beam.ParDo(JournalFn(config), beam.pvalue.AsDict(totals),
+                                         beam.pvalue.AsDict(read_counts), beam.pvalue.AsList(rejected)))
     written = (samples
-               | "AssignShards" >> beam.ParDo(AssignShardsFn(config.shard_size, config.max_shard_bytes),
-                                              beam.pvalue.AsDict(totals))
+               | "AssignShards" >> beam.ParDo(AssignShardsFn(config), beam.pvalue.AsSingleton(counted))
                | "GroupShards" >> beam.GroupByKey()
                | "WriteShards" >> beam.ParDo(WriteShardFn(config.out, config.encoding),
                                              beam.pvalue.AsSingleton(names)))
+    if kept:
+        written = (written, p | "KeptShards" >> beam.Create(kept)) | "AllShards" >> beam.Flatten()
     _ = (p | "Once" >> beam.Create([None])
-         | "Finalize" >> beam.ParDo(FinalizeFn(config, scheme_info), beam.pvalue.AsList(written),
+         | "Finalize" >> beam.ParDo(FinalizeFn(config, planned.scheme_info), beam.pvalue.AsList(written),
                                     beam.pvalue.AsList(rejected), beam.pvalue.AsDict(read_counts),
-                                    beam.pvalue.AsSingleton(names)))
-
-
-# -- the command ------------------------------------------------------------------------------------------
-PROBE_IMAGES = 64  # images sampled to find the dataset's size when --size is not given
-PROBE_MAJORITY = 0.9  # the sampled images that must share one size for it to be the dataset's
-
-
-def probe_size(source) -> tuple[tuple[int, int], str]:
-    """The dataset's image size from a sample of its images, and a line saying how it was decided.
-
-    Folder trees are sampled evenly across their files, other sources from their first records. One
-    size must hold for at least 90 % of the sample: the others are rejected later as ``wrong_size``
-    (an odd image that sorts first no longer decides for all); otherwise refuse, listing the sizes.
-    """
-    from collections import Counter
-
-    from lcrypt.images import ImageRejected
-    from lcrypt.sources.base import decode_record
-
-    sizes: Counter = Counter()
-    for i, rec in enumerate(source.sample_records(PROBE_IMAGES)):
-        if sum(sizes.values()) >= PROBE_IMAGES or i >= 20 * PROBE_IMAGES:
-            break
-        try:
-            sizes[decode_record(rec).shape[:2]] += 1
-        except ImageRejected:
-            continue
-    if not sizes:
-        raise PrepareError(f"--source {source.path}: no decodable image among its first records; check the "
-                           "source's format (see errors of `lcrypt prepare --max-reject-rate 1`)")
-    (h, w), n = sizes.most_common(1)[0]
-    total = sum(sizes.values())
-    found = ", ".join(f"{a}x{b}: {c}" for (a, b), c in sizes.most_common(5))
-    if n < PROBE_MAJORITY * total:
-        raise PrepareError(f"--source {source.path}: its images have different sizes ({found} of {total} "
-                           "sampled); pass --size S or HxW to resize and crop every image to one size")
-    note = (f"image size {h}x{w}: {n} of {total} sampled images"
-            + (f" (also {found.split(', ', 1)[1]}; images of another size are rejected, or pass --size)"
-               if len(sizes) > 1 else ""))
-    return (h, w), note
-
-
-def plan(args: argparse.Namespace):
-    """Validate options, keys and source before any work (run_args then claims --out); returns (source,
-    config, declared class names, scheme info)."""
-    from lcrypt.images import parse_size
-    from lcrypt.schemes import get_scheme
-    from lcrypt.sources import open_source
-    from pipelines.beamstorage import BEAM
-    from pipelines.runlock import check_apart
-    from pipelines.config import PrepareConfig
-
-    check_numbers(args)
-    try:
-        scheme = get_scheme(args.scheme, **parse_params(args.param))
-    except (TypeError, ValueError) as exc:
-        raise PrepareError(str(exc)) from None
-    encoding = "jpeg" if args.jpeg_quality is not None else args.encoding
-    if encoding == "jpeg" and args.jpeg_subsampling not in scheme.info.jpeg_subsamplings:
-        ok = ", ".join(scheme.info.jpeg_subsamplings)
-        compatible = "compatible with: " + ok if ok else "it is not JPEG-compatible at all"
-        raise PrepareError(
-            f"scheme {scheme.info.name} {scheme.params} is not JPEG-compatible with chroma subsampling "
-            f"{args.jpeg_subsampling} ({compatible}); "
-            "JPEG would destroy the ciphertext's structure. Drop --jpeg-quality for lossless PNG, or use "
-            "--scheme etc with a block size that is a multiple of the JPEG MCU (8 for 444, 16 for 422/420)")
-    try:
-        keys, globs, column = load_owners(args.keys)
-    except KeyFileError as exc:
-        raise PrepareError(str(exc)) from None
-    try:
-        size = parse_size(args.size)
-    except ValueError as exc:
-        raise PrepareError(str(exc)) from None
-    try:
-        source = open_source(args.source, remote=BEAM, split=args.split, image_column=args.image_column,
-                             label_column=args.label_column, group_column=args.owner_column or column,
-                             layout=args.layout)
-        check_apart(str(args.out), source.path)
-        shape, size_note = (None, f"image size {size[0]}x{size[1]} (--size)") if size else probe_size(source)
-    except (OSError, ValueError) as exc:  # TarFormatError and ShardFormatError are ValueErrors
-        if isinstance(exc, PrepareError):
-            raise
-        raise PrepareError(f"--source {args.source}: {exc}") from None
-    h, w = size or shape
-    try:
-        scheme.encrypt(__import__("numpy").zeros((1, h, w, 3), "uint8"), next(iter(keys.values())))
-    except ValueError as exc:
-        raise PrepareError(f"scheme {args.scheme} cannot encrypt {h}x{w} images: {exc}") from None
-    declared = source.class_names()
-    name = args.name or Path(str(args.out).rstrip("/")).name or "dataset"
-    config = PrepareConfig(
-        out=str(args.out), name=name, scheme=scheme.info.name, scheme_params=dict(scheme.params), keys=keys,
-        owner_globs=globs, encoding=encoding, jpeg_quality=args.jpeg_quality,
-        jpeg_subsampling=args.jpeg_subsampling, shard_size=args.shard_size,
-        max_shard_bytes=int(args.max_shard_mb * 2**20), size=size,
-        expect=None if size else shape, image_shape=[h, w, 3], max_reject_rate=args.max_reject_rate,
-        source_info=source.describe(), class_names=declared, owner_overlap=args.owner_overlap,
-        chunk=args.chunk, read_parts=args.read_parts or 1, isolate_decoders=args.isolate_decoders,
-        size_note=size_note, file_splits=source.file_splits())
-    return source, config, declared, scheme.info.as_dict(h, w)
+                                    beam.pvalue.AsDict(skipped), beam.pvalue.AsSingleton(names),
+                                    beam.pvalue.AsSingleton(counted)))
 
 
 def quiet_beam_logging() -> None:
@@ -281,9 +160,9 @@ def known_failure(exc: BaseException) -> str | None:
 
     In-process runners re-raise the DoFn's exception; others pass its text on, so the text is searched.
     """
+    from pipelines.checks import RejectRateExceeded, ResumeMismatch
     from pipelines.outdir import WriteFailed
     from pipelines.sources import SourceUnreadable
-    from pipelines.transforms import RejectRateExceeded
 
     if "distributed" in sys.modules:  # a dask run: an unreachable cluster, workers that all died
         from pipelines.daskrunner import failure_line
@@ -291,7 +170,7 @@ def known_failure(exc: BaseException) -> str | None:
         line = failure_line(exc)
         if line:
             return line
-    for cls in (RejectRateExceeded, WriteFailed, SourceUnreadable):
+    for cls in (RejectRateExceeded, ResumeMismatch, WriteFailed, SourceUnreadable):
         text = str(exc)
         if isinstance(exc, cls):
             return text.split(" [while running")[0]
@@ -316,12 +195,11 @@ _SIGNALLED = threading.Event()
 
 def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     quiet_beam_logging()
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-    from apache_beam.options.pipeline_options import DirectOptions
-
-    from pipelines import outdir
-    from pipelines.runlock import claim_out, left_behind
+    from pipelines import journal, outdir
+    from pipelines.plan import plan
+    from pipelines.runlock import claim_out
 
     cleanup = contextlib.ExitStack()  # a local dask cluster, closed on every way out
     workers = None
@@ -330,7 +208,7 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         add_arguments(parser)
         load_dask(beam_args)
         check_beam_args(beam_args, parser)
-        source, config, declared, scheme_info = plan(args)
+        mode = run_mode(args)
         options = PipelineOptions(list(beam_args))
         local_workers = options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
         if dask_wanted(options):
@@ -345,13 +223,21 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
                     f"the dask workers at {workers.address} are daemonic processes, which cannot fork the "
                     "decoder subprocess of --isolate-decoders; start them with "
                     "DASK_DISTRIBUTED__WORKER__DAEMON=False, or pass --no-isolate-decoders")
-        lock = claim_out(args.out, args.overwrite)
+        parts = args.read_parts or max(1, workers.threads if workers else local_workers)
+        planned = plan(args, mode, parts)
+        lock = claim_out(args.out, mode, planned.config.mode)
+        try:
+            kept = journal.start(planned.config, planned.fingerprint, planned.base, planned.saved,
+                                 planned.restart)
+        except BaseException:
+            lock.abandon()
+            raise
     except (PrepareError, outdir.OutError, outdir.WriteFailed) as exc:
         cleanup.close()
         print(f"lcrypt prepare: error: {exc}", file=sys.stderr)
         return 2
-    if not args.read_parts:
-        config.read_parts = max(1, workers.threads if workers else local_workers)
+    config = planned.config
+    planned.kept = len(kept)
     t0 = time.perf_counter()
     stop = threading.Event()
     watcher = None
@@ -371,17 +257,19 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     finished = False
     try:
         p = make_pipeline(options)
-        build(p, source, config, declared, scheme_info)
+        build(p, planned, kept)
         p.run().wait_until_finish()
+        journal.remove(config.out)
         finished = True
     except (KeyboardInterrupt, Exception) as exc:
         if isinstance(exc, KeyboardInterrupt) or _SIGNALLED.is_set():
-            print(f"lcrypt prepare: interrupted: {left_behind(config.out)}", file=sys.stderr)
+            print(f"lcrypt prepare: interrupted: {stopped(planned)}", file=sys.stderr)
             return 130
         line = known_failure(exc)
+        failed(planned)
         if line is None:
             raise
-        print(f"lcrypt prepare: error: {line}; {left_behind(config.out)}", file=sys.stderr)
+        print(f"lcrypt prepare: error: {line}; {stopped(planned, failed=True)}", file=sys.stderr)
         return 1
     finally:
         for sig, handler in handlers.items():
@@ -393,18 +281,45 @@ def run_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
             shutil.rmtree(config.progress_dir, ignore_errors=True)
         if not finished:
             outdir.remove_scratch(config.out)
-        lock.release(finished)
+        lock.release(finished or (planned.base is not None and planned.rolled_back))
         cleanup.close()
-    return summarize(args, config, time.perf_counter() - t0)
+    return summarize(args, planned, time.perf_counter() - t0)
 
 
-def summarize(args: argparse.Namespace, config, wall: float) -> int:
+def failed(planned: Planned) -> None:
+    """After a failure (not an interruption): a run that added to a dataset puts it back as it was; any
+    other leaves its complete shards and its marker (``--overwrite`` starts over). No resume either way."""
+    from pipelines import journal
+
+    try:
+        if planned.base is not None:
+            planned.base.rollback(planned.config.out)
+            planned.rolled_back = True
+        journal.remove(planned.config.out)
+    except OSError:
+        pass  # the line says what is left
+
+
+def stopped(planned: Planned, failed: bool = False) -> str:
+    """What a run that stopped leaves in --out, in words."""
+    from pipelines.runlock import left_behind
+
+    out = planned.config.out
+    if planned.base is not None:
+        if planned.rolled_back:
+            return f"the dataset in --out {out} is as it was"
+        return left_behind(out, {s.path for s in planned.base.manifest.shards}, not failed)
+    return left_behind(out, resumable=not failed)
+
+
+def summarize(args: argparse.Namespace, planned: Planned, wall: float) -> int:
     """The summary table of a finished run (and the warnings a user should see)."""
     from lcrypt.format import ERRORS_NAME, Manifest
     from lcrypt.storage import join
     from lcrypt.table import format_table
     from pipelines.beamstorage import pipeline_storage
 
+    config = planned.config
     m = Manifest.load(config.out, pipeline_storage(config.out))
     rows = [[s["split"], s["owner"], s["read"], s["written"], s["rejected"], s["bytes"], s["written"] / wall]
             for s in m.stats]
@@ -414,6 +329,11 @@ def summarize(args: argparse.Namespace, config, wall: float) -> int:
     print(f"{len(m.shards)} shards, scheme {m.scheme} {m.scheme_params}, encoding {m.encoding}"
           f"{' q' + str(m.jpeg_quality) if m.jpeg_quality else ''}, {config.size_note}, {wall:.1f} s wall; "
           f"owners: {', '.join(f'{o.name} (key {o.key_id})' for o in m.owners)}")
+    if planned.base is not None:
+        print(grown(m.runs[-1]))
+    if planned.saved is not None or planned.restart:
+        print(f"resumed: kept {planned.kept} complete shard(s) of the interrupted run" if not planned.restart
+              else "resumed: the interrupted run had stopped before it recorded its options; it ran again")
     if config.file_splits:
         print("split of each source file: " + ", ".join(f"{f} -> {s}" for f, s in config.file_splits))
     if tot[2]:
@@ -426,6 +346,21 @@ def summarize(args: argparse.Namespace, config, wall: float) -> int:
     return 0
 
 
+def grown(run: dict) -> str:
+    """What a run that added to a dataset did, in one line (the table above is the whole dataset's)."""
+    added = ", ".join(f"{split} {n:,}" for split, n in run["added"].items()) or "nothing"
+    joined = f"; new owner(s): {', '.join(run['new_owners'])}" if run["new_owners"] else ""
+    if run["mode"] == "retry-failed":
+        gone = run["errors"] - run["rejected"]  # every other listed record was read again
+        missing = f"; {gone:,} listed record(s) not in the source (errors.jsonl keeps them)" if gone else ""
+        return (f"retry-failed: {run['read']:,} listed record(s) read again: {run['written']:,} now written "
+                f"({added}), {run['rejected']:,} still fail (errors.jsonl keeps them){missing}{joined}")
+    return (f"append: {run['read'] + run['skipped']:,} records read, {run['skipped']:,} already in the "
+            f"dataset (skipped before decoding), {run['written']:,} added in {len(run['shards'])} new "
+            f"shard(s) ({added}), {run['rejected']:,} rejected; {run['resolved']:,} earlier rejection(s) now "
+            f"written; errors.jsonl lists {run['errors']:,} record(s){joined}")
+
+
 def construct(argv: Sequence[str]):
     """Plan and build the pipeline for ``argv`` without running it (used to check Dataflow options)."""
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -433,9 +368,11 @@ def construct(argv: Sequence[str]):
     parser = argparse.ArgumentParser(prog="python -m pipelines.prepare")
     add_arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
-    source, config, declared, scheme_info = plan(args)
+    from pipelines.plan import plan
+
+    planned = plan(args)
     p = make_pipeline(PipelineOptions(list(beam_args)))
-    build(p, source, config, declared, scheme_info)
+    build(p, planned)
     return p
 
 

@@ -73,10 +73,11 @@ class RunLock:
         self.previous = previous
         return self
 
-    def claim(self) -> None:
-        """Write this run's marker: who holds the folder, so a second run can name it."""
+    def claim(self, mode: str = "prepare") -> None:
+        """Write this run's marker: who holds the folder, so a second run can name it, and what the run
+        does (its mode: what a resume starts over with when the run stopped before its journal)."""
         try:
-            body = self.lock.write_holder(command="lcrypt prepare")
+            body = self.lock.write_holder(command="lcrypt prepare", mode=mode)
         except OSError as exc:
             raise WriteFailed(f"cannot write {self.lock.path}: {exc.strerror}") from None
         if self.remote:
@@ -109,9 +110,12 @@ class RunLock:
             self.created_out = False
 
 
-def claim_out(out: str, overwrite: bool):
+def claim_out(out: str, mode: str = "prepare", run_mode: str = "prepare"):
     """Lock ``out`` for this run and make it ready: empty, or (``--overwrite``) emptied of exactly what
-    an earlier prepare wrote. Refuses, deleting nothing, when it holds anything else (outdir's rules)."""
+    an earlier prepare wrote. Refuses, deleting nothing, when it holds anything else (outdir's rules).
+    ``--append`` / ``--retry-failed`` need a finished dataset there, ``--resume`` an unfinished run; both
+    keep everything (a resume drops only the temporary files of writes the interruption cut short).
+    ``run_mode``: what the run does (a resume: what it resumes), written into the marker."""
     try:
         lock = RunLock(out).acquire()
     except ValueError as exc:  # Beam has no file system for the scheme (e.g. gs:// without apache-beam[gcp])
@@ -120,13 +124,27 @@ def claim_out(out: str, overwrite: bool):
         files, links = outdir.survey(out)
         files = [f for f in files if f != outdir.LOCK_NAME]
         unfinished = lock.previous is not None
-        if files or links or unfinished:
-            if not overwrite:
+        holder = describe_holder(lock.previous)
+        if mode == "resume":
+            if not unfinished:
+                raise PrepareError(f"--resume: --out {out} holds no unfinished prepare run: nothing to "
+                                   "resume")
+            outdir.delete(out, [f for f in files if outdir.temp_target(f)])
+        elif mode in ("append", "retry_failed"):
+            flag = "--" + mode.replace("_", "-")
+            if unfinished:
+                raise PrepareError(f"{flag}: --out {out} holds a prepare run that did not finish ({holder}); "
+                                   "finish it first: run its command with --resume")
+            if outdir.MANIFEST_NAME not in files:
+                raise PrepareError(f"{flag}: --out {out} holds no dataset; run without {flag} to prepare one")
+        elif files or links or unfinished:
+            if mode != "overwrite":
                 if outdir.MANIFEST_NAME in files:
-                    raise PrepareError(f"--out {out} already holds a dataset; pass --overwrite to replace it")
+                    raise PrepareError(f"--out {out} already holds a dataset; pass --overwrite to replace "
+                                       "it, or --append to add to it")
                 if unfinished:
-                    raise PrepareError(f"--out {out} holds a prepare run that did not finish "
-                                       f"({describe_holder(lock.previous)}); pass --overwrite to start over")
+                    raise PrepareError(f"--out {out} holds a prepare run that did not finish ({holder}); "
+                                       "pass --resume to finish it, or --overwrite to start over")
                 raise PrepareError(f"--out {out} exists and is not empty; choose a new folder")
             listed: set[str] = set()
             if outdir.MANIFEST_NAME in files:
@@ -142,7 +160,7 @@ def claim_out(out: str, overwrite: bool):
                                    f"write ({shown}); --overwrite deletes only prepare's own files, so "
                                    "nothing was deleted: move them away or choose another folder")
             outdir.delete(out, ours)
-        lock.claim()
+        lock.claim(run_mode)
     except BaseException:
         lock.abandon()
         raise
@@ -167,12 +185,17 @@ def check_apart(out: str, source: str) -> None:
                            "hold the source")
 
 
-def left_behind(out: str) -> str:
-    """What an unfinished run leaves in ``out``, in words (for the one line an interruption prints)."""
+def left_behind(out: str, listed: set[str] = frozenset(), resumable: bool = True) -> str:
+    """What an unfinished run leaves in ``out``, in words (for the one line an interruption prints);
+    ``listed``: the shards of the dataset the run added to."""
     try:
         files, _ = outdir.survey(out)
     except (OSError, ValueError):
         return f"--out {out} could not be listed"
-    n = sum(1 for f in files if SHARD_RE.match(f))
-    return (f"--out {out} holds {n} complete shard(s) of an unfinished run and no manifest; run the same "
-            "command with --overwrite to start over")
+    n = sum(1 for f in files if SHARD_RE.match(f) and f not in listed)
+    then = ("run the same command with --resume to finish it, or with --overwrite to start over" if resumable
+            else "run the same command with --overwrite to start over")
+    if listed:
+        return (f"--out {out} holds its dataset and {n} new complete shard(s) of a run that did not finish "
+                "adding to it; run the same command with --resume to finish it")
+    return f"--out {out} holds {n} complete shard(s) of an unfinished run and no manifest; {then}"

@@ -7,6 +7,10 @@ is ``ceil(count / shard_size)`` from the counted total, the shard is ``key mod n
 samples of a shard are grouped and sorted by key before its tar is written in one go. The manifest,
 index and errors.jsonl are written last, sorted, so the whole folder is a function of the input, the
 keys and the options (apart from manifest.json's ``created``).
+
+The shard counts are saved in the run state (:class:`JournalFn`, pipelines/journal.py) before the first
+shard is written: a resumed run keeps the complete shards and writes the others, with the same counts.
+A run that adds to a dataset (pipelines/grow.py) numbers its shards after the dataset's own.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from lcrypt.format import (ERRORS_NAME, FRAGMENTS_NAME, Manifest, OwnerEntry, Sh
                            num_shards_for, shard_of)
 from lcrypt.sources.base import Record, classes_from_names
 from lcrypt.storage import join
-from pipelines import outdir
+from pipelines import grow, journal, outdir
 from pipelines.beamstorage import pipeline_storage
+from pipelines.checks import RejectRateExceeded, ResumeMismatch, check_counts, check_reject_rate, run_stats
 from pipelines.config import PrepareConfig
 
 
@@ -69,20 +74,50 @@ def num_shards(count: int, nbytes: int, shard_size: int, max_shard_bytes: int) -
     return max(num_shards_for(count, shard_size), -(-nbytes // max_shard_bytes))
 
 
+class JournalFn(beam.DoFn):
+    """Once every record is counted: each (split, owner)'s shards (first index and count) with the counts
+    (:class:`pipelines.journal.Totals`), saved in the run state before any shard is written (a resumed
+    run takes them from there)."""
+
+    def __init__(self, config: PrepareConfig):
+        self.config = config
+
+    def process(self, _, totals, read, rejected):
+        c = self.config
+        if c.resume_plan is not None:
+            yield journal.Totals.load(c.out)
+            return
+        plan = {g: (c.shard_base.get(g, 0), num_shards(count, nbytes, c.shard_size, c.max_shard_bytes))
+                for g, (count, nbytes) in totals.items()}
+        ids = [r["source"] for r in rejected]
+        journal.save_totals(c.out, plan, totals, read, ids)
+        yield journal.Totals(plan, {g: t[0] for g, t in totals.items()}, dict(read), frozenset(ids))
+
+
 class AssignShardsFn(beam.DoFn):
-    """Split a group's samples into per-shard lists by ``key mod num_shards`` (from count and bytes)."""
+    """Split a group's samples into per-shard lists: shard ``first + key mod count`` (JournalFn's plan).
+    A sample of a shard a resumed run kept means the source is not the interrupted run's: refused."""
 
-    def __init__(self, shard_size: int, max_shard_bytes: int):
-        self.shard_size, self.max_shard_bytes = shard_size, max_shard_bytes
+    def __init__(self, config: PrepareConfig):
+        self.kept = {g: kept for g, (_, _, kept) in (config.resume_plan or {}).items()}
 
-    def process(self, element, totals):
+    def process(self, element, counted):
+        plan = counted.plan
         (split, owner), samples = element
-        count, nbytes = totals[(split, owner)]
-        n = num_shards(count, nbytes, self.shard_size, self.max_shard_bytes)
+        if (split, owner) not in plan:
+            raise ResumeMismatch(f"split {split} owner {owner} has samples now, but had none when the "
+                                 "interrupted run counted them: the source or the options are not that "
+                                 "run's; start over with --overwrite")
+        first, n = plan[(split, owner)]
+        kept = self.kept.get((split, owner), frozenset())
         per: dict[int, list] = defaultdict(list)
         for s in samples:
-            per[shard_of(s[0], n)].append(s)
+            per[first + shard_of(s[0], n)].append(s)
         for idx, items in per.items():
+            if idx in kept:
+                raise ResumeMismatch(f"a record of shard {split}/{owner} {idx}, which the resumed run kept "
+                                     "complete, passes now but was rejected then: the source changed; start "
+                                     "over with --overwrite")
             yield (split, owner, idx), items
 
 
@@ -116,38 +151,29 @@ class WriteShardFn(beam.DoFn):
 
 
 class FinalizeFn(beam.DoFn):
-    """Runs once after every shard: errors.jsonl, the reject-rate check, index.parquet, manifest.json."""
+    """Runs once after every shard: errors.jsonl, the checks (pipelines/checks.py), index.parquet,
+    manifest.json; for a run that adds to a dataset, the dataset's with this run's (pipelines/grow.py)."""
 
     def __init__(self, config: PrepareConfig, scheme_info: dict):
         self.config, self.scheme_info = config, scheme_info
 
-    def process(self, _, written, rejected, read, class_names):
+    def process(self, _, written, rejected, read, skipped, class_names, counted):
         c = self.config
         rejected = sorted(rejected, key=lambda r: (r["split"], r["owner"], r["source"]))
-        errors = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected)
-        outdir.write_atomic(join(c.out, ERRORS_NAME), errors.encode())
         entries = [ShardEntry(**e) for e, _, _ in written]
-        stats = defaultdict(lambda: {"read": 0, "written": 0, "rejected": 0, "bytes": 0})
-        for (split, owner), n in read.items():
-            stats[(split, owner)]["read"] += n
-        for e in entries:
-            stats[(e.split, e.owner)]["written"] += e.count
-            stats[(e.split, e.owner)]["bytes"] += e.bytes
-        for r in rejected:
-            stats[(r["split"], r["owner"])]["rejected"] += 1
-        stat_rows = [{"split": s, "owner": o, **v} for (s, o), v in sorted(stats.items())]
-        total_read = sum(v["read"] for v in stats.values())
-        total_rej = len(rejected)
-        for row in stat_rows:
-            if row["read"] != row["written"] + row["rejected"]:
-                raise RuntimeError(f"accounting error for split {row['split']} owner {row['owner']}: read "
-                                   f"{row['read']} != written {row['written']} + rejected {row['rejected']}")
-        if total_read and total_rej / total_read > c.max_reject_rate:
+        check_counts(counted.samples, counted.read, entries, read)
+        if c.mode != "prepare":
+            manifest, rows, errors, _ = grow.finish(c, written, rejected, read, skipped)
+            self._save(manifest, rows, errors)
+            yield manifest.to_dict()
+            return
+        self._write_errors(rejected)
+        stat_rows = run_stats(read, entries, rejected)
+        try:
+            check_reject_rate(len(rejected), sum(read.values()), c.max_reject_rate, c.out)
+        except RejectRateExceeded:
             outdir.remove_fragments(c.out)
-            raise RejectRateExceeded(
-                f"{total_rej} of {total_read} records rejected ({total_rej / total_read:.1%}), over "
-                f"--max-reject-rate {c.max_reject_rate:.1%}; see {join(c.out, ERRORS_NAME)} for each record "
-                "and reason, fix the source or use --size / raise --max-reject-rate")
+            raise
         owners = []
         for name, key in sorted(c.keys.items()):
             counts = {e.split: 0 for e in entries if e.owner == name}
@@ -161,13 +187,16 @@ class FinalizeFn(beam.DoFn):
             scheme_info=self.scheme_info, jpeg_quality=c.jpeg_quality,
             jpeg_subsampling=c.jpeg_subsampling if c.encoding == "jpeg" else None,
             stats=stat_rows, source=c.source_info)
-        rows = [{"key": k, "shard": e["path"], "label": int(lab), "owner": e["owner"], "split": e["split"]}
-                for e, keys, labels in written
-                for k, lab in zip(keys.split("\n") if keys else [], np.frombuffer(labels, "<i8"))]
-        manifest.save(c.out, index=rows, write=outdir.write_atomic)
+        manifest.save(c.out, index=grow.index_rows(written), write=outdir.write_atomic)
         outdir.remove_fragments(c.out)
         yield manifest.to_dict()
 
+    def _write_errors(self, rows: list[dict]) -> None:
+        errors = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+        outdir.write_atomic(join(self.config.out, ERRORS_NAME), errors.encode())
 
-class RejectRateExceeded(RuntimeError):
-    """More records were rejected than ``--max-reject-rate`` allows."""
+    def _save(self, manifest: Manifest, rows: list[dict], errors: list[dict]) -> None:
+        """A grown dataset's files, the manifest last (errors.jsonl, index.parquet, _info.json, manifest)."""
+        self._write_errors(errors)
+        manifest.save(self.config.out, index=rows, write=outdir.write_atomic)
+        outdir.remove_fragments(self.config.out)

@@ -12,6 +12,12 @@ written counts per split), ``splits`` (split -> written count), ``class_names`` 
 ``stats`` (per split and owner: read, written, rejected) and ``source`` (the reader format and options;
 never the source's file names).
 
+``runs``, only once a dataset has grown (``prepare --append`` / ``--retry-failed``; a dataset one
+``prepare`` wrote has none, so its manifest is unchanged): what each run added, oldest first, each
+``{mode, created, source, read, skipped, written, rejected, resolved, errors, added, new_owners,
+shards}`` (``added``: split -> samples; ``shards``: the paths it added; ``resolved``: earlier rejections
+it wrote; ``errors``: errors.jsonl's lines after it). The first entry describes the first ``prepare``.
+
 JSON is written with sorted keys and a fixed indent, so equal content gives equal bytes.
 """
 
@@ -69,6 +75,7 @@ class Manifest:
     jpeg_subsampling: str | None = None
     stats: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     format: str = MANIFEST_FORMAT
     lcrypt_version: str = ""
     created: str = ""
@@ -116,12 +123,17 @@ class Manifest:
 
     # -- (de)serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["runs"]:
+            del d["runs"]
+        return d
 
     def deterministic_dict(self) -> dict[str, Any]:
-        """Everything except the creation time: equal for equal input, key and options."""
+        """Everything except the creation times: equal for equal input, key and options."""
         d = self.to_dict()
         d.pop("created")
+        for run in d.get("runs", []):
+            run.pop("created", None)
         return d
 
     @classmethod

@@ -3,9 +3,11 @@
 ``TARGET`` holds one folder per version (``TARGET/1.2.0/``). A new version must be greater than every
 version already there, and say how the data moved since the greatest one (semantic versioning, for the
 data): the same shards is a metadata-only release (any greater version); shards only added, the existing
-ones byte-identical (``prepare --append``), needs a new MINOR or MAJOR version; any shard changed or
-removed replaces the data, which models trained on the old data may not survive: a new MAJOR version.
-The changelog carries every earlier version's line (from its release.json) and the new one.
+ones byte-identical (``prepare --append`` or ``--retry-failed``), needs a new MINOR or MAJOR version, and
+its changelog line names the samples added per split and owner, the owners who joined, and the runs that
+added them (from the manifest's ``runs``); any shard changed or removed replaces the data, which models
+trained on the old data may not survive: a new MAJOR version. The changelog carries every earlier
+version's line (from its release.json) and the new one.
 """
 
 from __future__ import annotations
@@ -55,7 +57,22 @@ def change_of(old: Manifest | None, new: Manifest) -> tuple[str, str]:
             who = ", ".join(f"{o} +{n:,}" for o, n in sorted(grown.items()))
             parts.append(f"{split} +{sum(grown.values()):,} ({who})")
     joined = sorted({o.name for o in new.owners} - {o.name for o in old.owners})
-    return "added", ("added " + "; ".join(parts) + (f"; new owner(s): {', '.join(joined)}" if joined else ""))
+    return "added", ("added " + "; ".join(parts) + (f"; new owner(s): {', '.join(joined)}" if joined else "")
+                     + _runs_since(old, new))
+
+
+def _runs_since(old: Manifest, new: Manifest) -> str:
+    """Which runs of the dataset (manifest ``runs``: ``prepare --append`` / ``--retry-failed``) added the
+    shards the previous release lacks, with the samples each wrote, so the changelog says how it grew."""
+    before = {s.path for s in old.shards}
+    since = [r for r in new.runs if set(r.get("shards", [])) - before]
+    said = []
+    for r in since:
+        resolved = r.get("resolved", 0) if r["mode"] == "append" else 0
+        again = f", {resolved:,} earlier rejection(s) among them" if resolved else ""
+        said.append(f"prepare --{r['mode']} +{r['written']:,}{again}" if r["mode"] != "prepare"
+                    else f"prepare +{r['written']:,}")
+    return f"; by {'; '.join(said)}" if said else ""
 
 
 def _count(m: Manifest, owner: str, split: str) -> int:
