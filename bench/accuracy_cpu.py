@@ -1,4 +1,4 @@
-"""CPU accuracy check: all nine schemes, each with the model its paper pairs it with, one table with the
+"""CPU accuracy check: every scheme, each with the model its paper pairs it with, one table with the
 ratio to plain and the papers' figures beside it (docs/results.md has the run and its duration).
 
     python bench/accuracy_cpu.py [--source ../shared/datasets/cifar10-jpeg.tar.gz] [--work DIR]
@@ -39,6 +39,7 @@ PAIRS = {
     "ele": "block",            # Madono et al. 2020 (MaungMaung & Kiya, Table II: "Adaptation + ShakeDrop")
     "cpbe": "none",            # Ahmad & Shin name no adaptation network; the ciphers are pixel-wise
     "ahmad-diffusion": "none",
+    "blockwise": "none",       # AprilPyone & Kiya 2021 train the classifier on the transformed images as they are
 }
 ADAPT_BLOCK = 4  # Tanaka 2018's block size, for a scheme without blocks
 # (paper's top-1 %, the same paper's plain top-1 %, where) on CIFAR-10; None where the text gives none
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--source", default=str(here.parent / "shared/datasets/cifar10-jpeg.tar.gz"))
     p.add_argument("--work", default="/tmp/lcrypt-accuracy")
     p.add_argument("--schemes", default=",".join(PAIRS),
-                   help="comma-separated SCHEME or SCHEME:ADAPT (none, pe, block); default: all nine with "
+                   help="comma-separated SCHEME or SCHEME:ADAPT (none, pe, block); default: every scheme with "
                    "their papers' adaptation networks")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
