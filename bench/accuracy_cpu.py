@@ -39,7 +39,7 @@ PAIRS = {
     "ele": "block",            # Madono et al. 2020 (MaungMaung & Kiya, Table II: "Adaptation + ShakeDrop")
     "cpbe": "none",            # Ahmad & Shin name no adaptation network; the ciphers are pixel-wise
     "ahmad-diffusion": "none",
-    "blockwise": "none",       # AprilPyone & Kiya 2021 train the classifier on the transformed images as they are
+    "blockwise": "none",       # AprilPyone & Kiya 2021: the classifier on the transformed images
 }
 ADAPT_BLOCK = 4  # Tanaka 2018's block size, for a scheme without blocks
 # (paper's top-1 %, the same paper's plain top-1 %, where) on CIFAR-10; None where the text gives none
@@ -99,9 +99,9 @@ def main(argv=None) -> int:
     p.add_argument("--source", default=str(here.parent / "shared/datasets/cifar10-jpeg.tar.gz"))
     p.add_argument("--work", default="/tmp/lcrypt-accuracy")
     p.add_argument("--schemes", default=",".join(PAIRS),
-                   help="comma-separated SCHEME or SCHEME:ADAPT (none, pe, block); default: every scheme with "
-                   "their papers' adaptation networks")
-    p.add_argument("--epochs", type=int, default=2)
+                   help="comma-separated SCHEME or SCHEME:ADAPT (none, pe, block); default: every scheme "
+                   "with its paper's adaptation network")
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--kernel", type=int, default=3, help="ConvMixer depthwise kernel (default 3)")
     p.add_argument("--limit", type=int, help="LIMIT training and LIMIT/5 test images: a smoke test of the "

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
 
     def vit(seed: int):
         torch.manual_seed(seed)
-        return create_model("vit", 10, 32, None, width=64, depth=4, patch=4, heads=2)
+        return create_model("vit", 10, 32, None, width=64, depth=4, patch=4)
 
     ft = dict(epochs=args.finetune_epochs, lr=5e-4, batch=args.batch_size)
     pre = vit(args.seed)
