@@ -15,15 +15,36 @@ lines the stopped run wrote after the checkpoint it continues from: they are wri
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from training.errors import TrainError
+
+
+@dataclasses.dataclass
+class Throughput:
+    """Training steps and images (all ranks) of this process's session, the seconds spent in training
+    steps, and the wall clock since the first epoch began."""
+
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @property
+    def per_s(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.started
+
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"

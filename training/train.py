@@ -62,7 +62,7 @@ from training.models import architecture, check_input, create_model, patch_misma
 from training.optim import create_ema, create_optimizer, create_scheduler
 from training.owners import (OwnerModel, OwnerPlan, build_owner_model, check_resume_owners, no_route,
                              plan_owners)
-from training.outdir import MetricsLog, summarize, write_summary
+from training.outdir import MetricsLog, Throughput, summarize, write_summary
 from training.estimate import cpu_estimate
 from training.runs import RunPlan, RunRecord, claim_folder, plan_run, run_config
 
@@ -87,24 +87,6 @@ class Training:
     def evaluated(self) -> nn.Module:
         """The weights evaluated: the EMA's when there is one."""
         return self.ema.module if self.ema is not None else self.model
-
-
-@dataclasses.dataclass
-class Throughput:
-    """Training steps and images (all ranks) of this process's session, the seconds spent in training
-    steps, and the wall clock since the first epoch began."""
-
-    steps: int = 0
-    images: int = 0
-    seconds: float = 0.0
-    started: float = dataclasses.field(default_factory=time.perf_counter)
-
-    @property
-    def per_s(self) -> float:
-        return self.images / max(self.seconds, 1e-9)
-
-    def wall(self) -> float:
-        return time.perf_counter() - self.started
 
 
 # -- the run ------------------------------------------------------------------------------------------
