@@ -201,8 +201,9 @@ def test_owner_converts_a_trained_private_model_and_predict_serves_it(tmp_path, 
     from training.train import run as train
 
     data, key = make_dataset(tmp_path, scheme="plain", per_class={"train": 8, "test": 2})
-    assert train(["--data", str(data), "--out", str(tmp_path / "run"), "--model", "vit", "--width", "32",
-                  "--depth", "1", "--patch", "4", "--epochs", "1", "--batch-size", "4", "--quiet"]) == 0
+    assert train(["--data", str(data), "--out", str(tmp_path), "--name", "run", "--model", "vit",
+                  "--width", "32", "--depth", "1", "--patch", "4", "--epochs", "1", "--batch-size", "4",
+                  "--quiet"]) == 0
     plain_ckpt = tmp_path / "run" / "checkpoint.pt"
     assert lcrypt(["convert-model", "--key", str(tmp_path / "alice.key"), "--scheme", "blockwise", "--param",
                    "block_size=4", "--checkpoint", str(plain_ckpt), "--out", str(tmp_path / "enc.pt")]) == 0

@@ -37,7 +37,8 @@ def test_two_nodes_train_one_model_from_a_url(tmp_path):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank),
                "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", f"localhost:{port}",
                "--rdzv_id", "lcrypt-two-nodes", "--rdzv_conf", f"is_host={int(node_rank == 0)}",
-               "-m", "training.train", "--data", url, "--out", str(out), *TINY, "--epochs", "1"]
+               "-m", "training.train", "--data", url, "--out", str(tmp_path), "--name", "run", *TINY,
+               "--epochs", "1"]
         nodes.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     results = []

@@ -96,8 +96,8 @@ def test_training_from_a_url_is_the_training_from_the_folder(local, remote, tmp_
 
     args = ["--model", "convmixer", "--width", "8", "--depth", "1", "--kernel", "3", "--epochs", "1",
             "--seed", "3", "--batch-size", "6", "--workers", "0", "--quiet"]
-    assert run(["--data", str(local / "manifest.json"), "--out", str(tmp_path / "a"), *args]) == 0
-    assert run(["--data", f"{remote}/manifest.json", "--out", str(tmp_path / "b"), *args]) == 0
+    assert run(["--data", str(local / "manifest.json"), "--out", str(tmp_path), "--name", "a", *args]) == 0
+    assert run(["--data", f"{remote}/manifest.json", "--out", str(tmp_path), "--name", "b", *args]) == 0
     a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab")
     assert a["steps"] == b["steps"] == 60 // 6
     assert a["param_digests"] == b["param_digests"] and a["top1"] == b["top1"]
