@@ -148,6 +148,9 @@ class EncryptChunkFn(beam.DoFn):
             raise  # the output, not the record, failed: stop the job (retrying records would reject them all)
         except Exception as exc:  # a crashed decoder process (BrokenProcessPool) or an escaped bug
             if len(chunk) == 1:
+                exc = self._again_alone(chunk, exc)
+                if isinstance(exc, ChunkResult):
+                    return exc
                 r = chunk[0]
                 split, owner = self._split_owner(r)
                 kind = type(exc).__name__
@@ -160,6 +163,21 @@ class EncryptChunkFn(beam.DoFn):
         for r in chunk:
             result.add(self._attempt([r]))
         return result
+
+    def _again_alone(self, chunk: list, exc: Exception) -> ChunkResult | Exception:
+        """A record whose decoder process died is decoded in a fresh one up to CRASH_RETRIES more times
+        before it is rejected: a process forked from a runner's gRPC threads can die for reasons of its
+        own (an abseil mutex caught mid-operation at fork), not the record's."""
+        for _ in range(CRASH_RETRIES if self.config.isolate_decoders else 0):
+            if type(exc).__name__ != "BrokenProcessPool":
+                break
+            try:
+                return self._in_subprocess(chunk)
+            except outdir.WriteFailed:
+                raise
+            except Exception as again:
+                exc = again
+        return exc
 
     def _in_subprocess(self, chunk: list) -> ChunkResult:
         import concurrent.futures
@@ -300,6 +318,7 @@ class EncryptChunkFn(beam.DoFn):
         self._progress(0, 0)
 
 
+CRASH_RETRIES = 2  # fresh decoder processes a record gets after its chunk's and its own first one died
 LARGE_IMAGE_BYTES = 1 << 16  # 64 KiB: 148x148 RGB; CIFAR (3 KB) batches, Imagenette (147 KB) does not
 
 
